@@ -1,0 +1,438 @@
+"""PQN: parallelised Q-learning with LayerNorm and λ-returns.
+
+Gallici et al., "Simplifying Deep Temporal Difference Learning" (2024, arXiv 2407.04811). Online Q(λ)
+over many parallel environments with no replay buffer and no target network: LayerNorm in the Q-network
+is what keeps the TD updates stable. Every update collects `num_steps` x `num_envs` transitions with an
+ε-greedy policy, computes λ-returns once from the Q-values seen during the rollout, then makes
+`num_epochs` passes over the batch in `num_minibatches` shuffled minibatches, minimising
+0.5 * mean((Q(s, a) - G)^2) with RAdam after global-norm clipping.
+
+Run (from the repository root):
+    python algorithms/pqn.py                                   # CartPole-v1, the authors' settings
+    python algorithms/pqn.py --preset minatar --env-id Asterix-MinAtar
+    python algorithms/pqn.py --num-seeds 4 --lr 3e-4           # any field below is a flag; see --help
+
+Logged per update (metrics_seed<i>.csv): env_steps (per seed), episode_return / episode_length (mean over
+the training episodes that finished in that rollout, NaN if none did; raw, unscaled reward), td_loss,
+q_mean, epsilon, learning_rate, eval_return (greedy return on separate envs, every 1/num_evals of training,
+NaN between evaluations). summary.json's final_return is the last greedy evaluation of each seed.
+
+Where this file differs from the authors' code (purejaxql), on purpose:
+- λ-returns bootstrap step t from max_a Q(s_{t+1}) for every t; the reference uses Q(s_T) for the
+  penultimate step (an off-by-one).
+- At a time limit the target bootstraps from Q(final observation); the reference treats it as terminal.
+- MinAtar observations are used as they are (0/1); the reference divides them by 255.
+- No BatchNorm placeholder layers; greedy evaluation scores the first episode of each evaluation env.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import envs
+import runlog
+
+
+@dataclass(frozen=True)
+class Config:
+    """PQN hyperparameters. Every field is a command-line flag (`--num-envs 64`)."""
+
+    preset: Literal["cartpole", "acrobot", "minatar"] = "cartpole"
+    """Named settings; other flags override them."""
+    env_id: str = "CartPole-v1"
+    """Environment id: any discrete-action gymnax id, e.g. Acrobot-v1, Breakout-MinAtar."""
+    seed: int = 0
+    """Seed of the first run; seed i uses the i-th key split from it."""
+    num_seeds: int = 1
+    """Independent runs, trained together as one vmapped program."""
+    total_timesteps: int = 500_000
+    """Environment steps per seed."""
+    num_envs: int = 32
+    """Parallel training environments."""
+    num_steps: int = 64
+    """Steps per environment in each rollout."""
+    num_minibatches: int = 16
+    """Minibatches per epoch; must divide num_envs * num_steps."""
+    num_epochs: int = 4
+    """Passes over each rollout."""
+    lr: float = 1e-4
+    """RAdam learning rate."""
+    lr_linear_decay: bool = True
+    """Decay the learning rate linearly to 0 over the run."""
+    max_grad_norm: float = 10.0
+    """Global-norm gradient clipping."""
+    gamma: float = 0.99
+    """Discount factor."""
+    td_lambda: float = 0.95
+    """λ of the λ-returns (0: one-step Q-learning targets)."""
+    eps_start: float = 1.0
+    """ε of the ε-greedy policy at the start."""
+    eps_finish: float = 0.2
+    """ε after the decay."""
+    eps_decay: float = 0.2
+    """Fraction of the updates over which ε decays linearly."""
+    reward_scale: float = 0.1
+    """Rewards are multiplied by this for learning (logged returns stay unscaled)."""
+    network: Literal["mlp", "cnn"] = "mlp"
+    """mlp: [Dense -> LayerNorm -> ReLU] x num_layers; cnn: the MinAtar Conv(16, 3x3) torso first."""
+    hidden_size: int = 256
+    """Units per hidden layer."""
+    num_layers: int = 2
+    """Hidden Dense layers (after the conv layer for cnn)."""
+    sticky_action_prob: float = 0.0
+    """Probability of repeating the previous action (MinAtar/Machado et al. sticky actions)."""
+    num_eval_envs: int = 16
+    """Separate environments for greedy evaluation."""
+    num_evals: int = 10
+    """Greedy evaluations during training (the last one, at the end, gives final_return)."""
+    run_dir: str | None = None
+    """Output directory; default runs/pqn_<env>_<time>."""
+    quiet: bool = False
+    """No progress lines."""
+    tensorboard: bool = False
+    """Also write TensorBoard logs (one series per seed)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (WANDB_MODE=offline works)."""
+    wandb_project: str = "jax-rl-collection"
+    """wandb project name."""
+
+
+# The authors' values (purejaxql config/alg/pqn_cartpole.yaml and pqn_minatar.yaml). Their CartPole file
+# names Acrobot-v1 as the other env for the same settings, so the acrobot preset reuses them.
+PRESETS = {
+    "cartpole": Config(),
+    "acrobot": Config(preset="acrobot", env_id="Acrobot-v1"),
+    "minatar": Config(
+        preset="minatar", env_id="Breakout-MinAtar", total_timesteps=10_000_000, num_envs=128,
+        num_steps=32, num_minibatches=32, num_epochs=2, lr=5e-4, td_lambda=0.65, eps_finish=0.05,
+        eps_decay=0.1, reward_scale=1.0, network="cnn", hidden_size=128, num_layers=1,
+    ),
+}
+
+
+class Sizes(NamedTuple):
+    """Sizes derived from the config, computed (and checked) in one place."""
+
+    batch_size: int  # transitions per rollout
+    minibatch_size: int
+    num_updates: int
+    eval_every: int  # updates between greedy evaluations
+    progress_every: int  # updates between progress callbacks
+
+
+def derive_sizes(config: Config) -> Sizes:
+    """Check the config and derive the loop sizes; raise before anything is compiled."""
+    batch_size = config.num_envs * config.num_steps
+    if batch_size % config.num_minibatches:
+        raise ValueError(
+            f"num_envs * num_steps ({config.num_envs} * {config.num_steps} = {batch_size}) must be divisible "
+            f"by num_minibatches ({config.num_minibatches}): change --num-minibatches or --num-envs."
+        )
+    num_updates = config.total_timesteps // batch_size
+    if num_updates < 1:
+        raise ValueError(
+            f"total_timesteps ({config.total_timesteps}) must be at least num_envs * num_steps ({batch_size})."
+        )
+    for name in ("num_seeds", "num_envs", "num_steps", "num_minibatches", "num_epochs", "num_eval_envs",
+                 "num_evals"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+    for name in ("gamma", "td_lambda", "eps_start", "eps_finish", "eps_decay", "sticky_action_prob"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+    return Sizes(
+        batch_size=batch_size,
+        minibatch_size=batch_size // config.num_minibatches,
+        num_updates=num_updates,
+        eval_every=max(num_updates // config.num_evals, 1),
+        progress_every=max(num_updates // 100, 1),
+    )
+
+
+def make_env(config: Config):
+    """The training/evaluation env with its wrappers, its params and the number of actions."""
+    env, env_params = envs.make(config.env_id)
+    num_actions = envs.require_discrete_actions(
+        env, env_params, config.env_id, "PQN", "SAC (algorithms/sac.py) for continuous actions"
+    )
+    obs_shape = env.observation_space(env_params).shape
+    if config.network == "cnn" and len(obs_shape) != 3:
+        raise ValueError(
+            f"--network cnn needs image observations (height, width, channels), but {config.env_id} gives "
+            f"shape {obs_shape}: use --network mlp."
+        )
+    if config.sticky_action_prob > 0:
+        env = envs.StickyActions(env, config.sticky_action_prob)
+    if config.network == "mlp":
+        env = envs.FlattenObservation(env)
+    return envs.EpisodeStatistics(env), env_params, num_actions
+
+
+# ----------------------------------------------------------------------------------------------------
+# NETWORK
+
+
+class QNetwork(nn.Module):
+    """Q(s, ·): [Dense -> LayerNorm -> ReLU] x num_layers -> Dense(num_actions), optionally after the
+    MinAtar torso Conv(16, 3x3, VALID) -> LayerNorm -> ReLU -> flatten (He-normal init, as the authors)."""
+
+    num_actions: int
+    hidden_size: int
+    num_layers: int
+    conv: bool
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = obs
+        init = nn.initializers.he_normal() if self.conv else nn.initializers.lecun_normal()
+        if self.conv:
+            x = nn.Conv(16, kernel_size=(3, 3), padding="VALID", kernel_init=init)(x)
+            x = nn.relu(nn.LayerNorm()(x))
+            x = x.reshape(*x.shape[:-3], -1)
+        for _ in range(self.num_layers):
+            x = nn.relu(nn.LayerNorm()(nn.Dense(self.hidden_size, kernel_init=init)(x)))
+        return nn.Dense(self.num_actions)(x)
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array  # scaled by reward_scale
+    terminated: jax.Array  # no bootstrap
+    done: jax.Array  # terminated or truncated: the next obs starts a new episode
+    q_max: jax.Array  # max_a Q(obs, a), seen while acting
+    final_obs: jax.Array  # true last observation where done (for the bootstrap at a time limit)
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+
+
+# ----------------------------------------------------------------------------------------------------
+# λ-RETURNS
+
+
+def lambda_returns(rewards, terminated, done, next_q_max, gamma: float, td_lambda: float):
+    """λ-returns over a rollout, all arrays [num_steps, num_envs].
+
+    G_t = r_t + γ (1 - term_t) [(1 - λ) max_a Q(s_{t+1}, a) + λ G_{t+1}]
+
+    `next_q_max[t]` is max_a Q of the true next state of step t (the final observation where the episode
+    ended). Where the episode ended at t, or at the rollout's last step, G_{t+1} is unavailable and the
+    bracket is max_a Q(s_{t+1}, a) alone: the recursion restarts at every episode boundary.
+    """
+
+    def backward(next_return, step):
+        reward, term, ended, q_next = step
+        bootstrap = jnp.where(ended, q_next, (1.0 - td_lambda) * q_next + td_lambda * next_return)
+        g = reward + gamma * (1.0 - term) * bootstrap
+        return g, g
+
+    _, returns = jax.lax.scan(
+        backward, next_q_max[-1], (rewards, terminated.astype(jnp.float32), done, next_q_max), reverse=True
+    )
+    return returns
+
+
+# ----------------------------------------------------------------------------------------------------
+# TRAINING
+
+
+def make_train(config: Config, progress: Callable | None = None) -> Callable:
+    """Build `train(key) -> (TrainState, metrics)`, the whole run as one jittable function.
+
+    `progress`, if given, is called from inside the run (host callback) every ~1% of the updates with
+    env_steps and a few scalars. Bad configs raise here, before anything is compiled.
+    """
+    sizes = derive_sizes(config)
+    env, env_params, num_actions = make_env(config)
+    network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn")
+    epsilon_schedule = optax.linear_schedule(
+        config.eps_start, config.eps_finish, int(config.eps_decay * sizes.num_updates)
+    )
+    num_gradient_steps = sizes.num_updates * config.num_epochs * config.num_minibatches
+    learning_rate = (
+        optax.linear_schedule(config.lr, 0.0, num_gradient_steps) if config.lr_linear_decay else config.lr
+    )
+    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.radam(learning_rate))
+    reset_envs = jax.vmap(env.reset, in_axes=(0, None))
+    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    obs_shape = env.observation_space(env_params).shape
+    eval_steps = int(env_params.max_steps_in_episode)  # every eval env finishes at least one episode
+
+    def epsilon_greedy(key, q_values, epsilon):
+        key_explore, key_action = jax.random.split(key)
+        greedy = q_values.argmax(-1)
+        random_action = jax.random.randint(key_action, greedy.shape, 0, num_actions)
+        return jnp.where(jax.random.uniform(key_explore, greedy.shape) < epsilon, random_action, greedy)
+
+    def greedy_evaluation(params, key):
+        """Mean greedy return of the first episode of each of num_eval_envs fresh envs."""
+        key_reset, key_steps = jax.random.split(key)
+        obs, env_state = reset_envs(jax.random.split(key_reset, config.num_eval_envs), env_params)
+
+        def step(carry, key):
+            obs, env_state, first_return, finished = carry
+            action = network.apply(params, obs).argmax(-1)
+            keys = jax.random.split(key, config.num_eval_envs)
+            obs, env_state, _, _, _, info = step_envs(keys, env_state, action, env_params)
+            first_return = jnp.where(finished, first_return, info["episode_return"])
+            return (obs, env_state, first_return, finished | info["episode_done"]), None
+
+        carry = (obs, env_state, jnp.zeros(config.num_eval_envs), jnp.zeros(config.num_eval_envs, bool))
+        (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, eval_steps))
+        return first_return.mean()
+
+    def train(key):
+        key, key_params, key_reset = jax.random.split(key, 3)
+        params = network.init(key_params, jnp.zeros((1, *obs_shape)))
+        state = TrainState(params, optimizer.init(params))
+        obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
+
+        def update(carry, update_index):
+            state, env_state, obs, key = carry
+            key, key_rollout, key_learn, key_eval = jax.random.split(key, 4)
+            epsilon = epsilon_schedule(update_index)
+
+            # COLLECT ROLLOUT
+            def env_step(carry, key):
+                env_state, obs = carry
+                key_action, key_step = jax.random.split(key)
+                q_values = network.apply(state.params, obs)
+                action = epsilon_greedy(key_action, q_values, epsilon)
+                keys = jax.random.split(key_step, config.num_envs)
+                next_obs, env_state, reward, terminated, truncated, info = step_envs(
+                    keys, env_state, action, env_params
+                )
+                transition = Transition(
+                    obs, action, config.reward_scale * reward, terminated, terminated | truncated,
+                    q_values.max(-1), info["final_observation"],
+                )
+                episode = (info["episode_done"], info["episode_return"], info["episode_length"])
+                return (env_state, next_obs), (transition, episode)
+
+            (env_state, obs), (rollout, episodes) = jax.lax.scan(
+                env_step, (env_state, obs), jax.random.split(key_rollout, config.num_steps)
+            )
+
+            # COMPUTE TARGETS
+            # max_a Q(s_{t+1}): the next rollout step's Q-values, and a forward pass on the obs after the last.
+            last_q_max = network.apply(state.params, obs).max(-1)
+            next_q_max = jnp.concatenate([rollout.q_max[1:], last_q_max[None]])
+            # Where an episode ended, the next obs belongs to the next episode: use the final observation
+            # (it matters only at a time limit; a terminal step does not bootstrap).
+            truncated = rollout.done & ~rollout.terminated
+            final_q_max = jax.lax.cond(
+                truncated.any(),
+                lambda: network.apply(state.params, rollout.final_obs).max(-1),
+                lambda: jnp.zeros_like(next_q_max),
+            )
+            next_q_max = jnp.where(rollout.done, final_q_max, next_q_max)
+            targets = lambda_returns(
+                rollout.reward, rollout.terminated, rollout.done, next_q_max, config.gamma, config.td_lambda
+            )
+
+            # UPDATE NETWORK
+            def loss_fn(params, obs, action, target):
+                q_taken = jnp.take_along_axis(network.apply(params, obs), action[:, None], axis=-1)[:, 0]
+                return 0.5 * jnp.mean((q_taken - target) ** 2), q_taken.mean()
+
+            def minibatch_step(state, minibatch):
+                (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, *minibatch)
+                updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+                return TrainState(optax.apply_updates(state.params, updates), opt_state), (loss, q_mean)
+
+            batch = jax.tree.map(
+                lambda x: x.reshape(sizes.batch_size, *x.shape[2:]), (rollout.obs, rollout.action, targets)
+            )
+
+            def epoch(state, key):
+                order = jax.random.permutation(key, sizes.batch_size)
+                minibatches = jax.tree.map(
+                    lambda x: x[order].reshape(config.num_minibatches, sizes.minibatch_size, *x.shape[1:]), batch
+                )
+                return jax.lax.scan(minibatch_step, state, minibatches)
+
+            state, (losses, q_means) = jax.lax.scan(epoch, state, jax.random.split(key_learn, config.num_epochs))
+
+            # EVALUATE AND LOG
+            is_eval = ((update_index + 1) % sizes.eval_every == 0) | (update_index == sizes.num_updates - 1)
+            eval_return = jax.lax.cond(
+                is_eval, lambda: greedy_evaluation(state.params, key_eval), lambda: jnp.float32(jnp.nan)
+            )
+            done, returns, lengths = episodes
+            metrics = {
+                "env_steps": (update_index + 1) * sizes.batch_size,
+                "episode_return": envs.mean_over_finished(returns, done),
+                "episode_length": envs.mean_over_finished(lengths, done),
+                "td_loss": losses.mean(),
+                "q_mean": q_means.mean(),
+                "epsilon": epsilon,
+                "learning_rate": jnp.asarray(
+                    learning_rate((update_index + 1) * config.num_epochs * config.num_minibatches)
+                    if callable(learning_rate) else learning_rate
+                ),
+                "eval_return": eval_return,
+            }
+            if progress is not None:
+                jax.lax.cond(
+                    (update_index + 1) % sizes.progress_every == 0,
+                    lambda: jax.debug.callback(
+                        lambda m: progress(**m),
+                        {k: metrics[k] for k in ("env_steps", "episode_return", "eval_return", "td_loss")},
+                    ),
+                    lambda: None,
+                )
+            return (state, env_state, obs, key), metrics
+
+        carry = (state, env_state, obs, key)
+        (state, *_), metrics = jax.lax.scan(update, carry, jnp.arange(sizes.num_updates))
+        return state, metrics
+
+    return train
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    config = runlog.parse_config(Config, PRESETS, args)
+    sizes = derive_sizes(config)
+    run_dir = runlog.run_path(config, "pqn")
+    progress = runlog.Progress(run_dir, sizes.num_updates * sizes.batch_size, config.num_seeds, config.quiet)
+    train = jax.vmap(make_train(config, progress))  # raises on a bad config before compiling
+    runlog.start_run(run_dir, config, "pqn")
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
+    if not config.quiet:
+        print(f"PQN on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s) x "
+              f"{sizes.num_updates * sizes.batch_size:,} steps -> {run_dir}", flush=True)
+    (state, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
+    summary = runlog.finish_run(
+        run_dir, config, "pqn", metrics, final_return=metrics["eval_return"][:, -1],
+        checkpoint={"params": state.params, "opt_state": state.opt_state},
+        compile_seconds=compile_seconds, train_seconds=train_seconds,
+    )
+    loss = np.asarray(metrics["td_loss"])
+    if not np.isfinite(loss).all():
+        seed, update = np.argwhere(~np.isfinite(loss))[0]
+        raise SystemExit(
+            f"td_loss became NaN/inf for seed {seed} at env step {int(metrics['env_steps'][seed, update]):,}. "
+            f"Outputs so far are in {run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller "
+            f"--reward-scale."
+        )
+    if not config.quiet:
+        print(f"greedy return {runlog.sparkline(np.nanmean(np.asarray(metrics['eval_return']), axis=0))}")
+        print(f"final greedy return per seed: {summary['final_return']}  "
+              f"({summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s)")
+        print(f"curve: {run_dir / 'curve.png'}  summary: {run_dir / 'summary.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

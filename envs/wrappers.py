@@ -1,0 +1,136 @@
+"""Wrappers over the gymnax 1.x interface. Each keeps `reset(key, params)` and
+`step(key, state, action, params) -> obs, state, reward, terminated, truncated, info`, so they stack in
+any order, on gymnax and brax environments alike. Unknown attributes fall through to the wrapped env.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import spaces
+
+
+class Wrapper:
+    """Base class: holds the wrapped env and forwards attribute lookups to it."""
+
+    def __init__(self, env):
+        self._env = env
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    def reset(self, key, params=None):
+        return self._env.reset(key, params)
+
+    def step(self, key, state, action, params=None):
+        return self._env.step(key, state, action, params)
+
+
+class FlattenObservation(Wrapper):
+    """Reshape observations (and `info["final_observation"]`) to one dimension."""
+
+    def observation_space(self, params):
+        space = self._env.observation_space(params)
+        return spaces.Box(space.low, space.high, (int(np.prod(space.shape)),), space.dtype)
+
+    def reset(self, key, params=None):
+        obs, state = self._env.reset(key, params)
+        return obs.reshape(-1), state
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+        info = {**info, "final_observation": info["final_observation"].reshape(-1)}
+        return obs.reshape(-1), state, reward, terminated, truncated, info
+
+
+@struct.dataclass
+class EpisodeStatisticsState:
+    env_state: Any
+    episode_return: jax.Array  # running sum of rewards of the current episode
+    episode_length: jax.Array
+
+
+class EpisodeStatistics(Wrapper):
+    """Track each env's episode return and length.
+
+    `info["episode_done"]` marks the steps at which an episode ended; `info["episode_return"]` and
+    `info["episode_length"]` hold that episode's totals there (and 0 elsewhere). Average them only where
+    `episode_done` holds (see `mean_over_finished`): an episode still running has no return yet.
+    """
+
+    def reset(self, key, params=None):
+        obs, env_state = self._env.reset(key, params)
+        return obs, EpisodeStatisticsState(env_state, jnp.float32(0.0), jnp.int32(0))
+
+    def step(self, key, state, action, params=None):
+        obs, env_state, reward, terminated, truncated, info = self._env.step(
+            key, state.env_state, action, params
+        )
+        done = jnp.logical_or(terminated, truncated)
+        episode_return = state.episode_return + reward.astype(jnp.float32)
+        episode_length = state.episode_length + 1
+        info = {
+            **info,
+            "episode_done": done,
+            "episode_return": jnp.where(done, episode_return, 0.0),
+            "episode_length": jnp.where(done, episode_length, 0),
+        }
+        state = EpisodeStatisticsState(
+            env_state,
+            jnp.where(done, 0.0, episode_return),
+            jnp.where(done, 0, episode_length),
+        )
+        return obs, state, reward, terminated, truncated, info
+
+
+def mean_over_finished(values: jax.Array, finished: jax.Array) -> jax.Array:
+    """Mean of `values` over the entries where `finished` holds; NaN when no episode finished."""
+    count = finished.sum()
+    total = jnp.where(finished, values, 0.0).sum()
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+class ClipAction(Wrapper):
+    """Clip continuous actions to the bounds of the action space before stepping."""
+
+    def step(self, key, state, action, params=None):
+        space = self._env.action_space(params)
+        return self._env.step(key, state, jnp.clip(action, space.low, space.high), params)
+
+
+@struct.dataclass
+class StickyActionsState:
+    env_state: Any
+    last_action: jax.Array
+
+
+class StickyActions(Wrapper):
+    """With probability `repeat_probability`, execute the previous action instead of the chosen one.
+
+    As in MinAtar and Machado et al. (2018): the last action starts at 0 on every (auto-)reset.
+    """
+
+    def __init__(self, env, repeat_probability: float):
+        super().__init__(env)
+        if not 0.0 <= repeat_probability <= 1.0:
+            raise ValueError(f"repeat_probability must be in [0, 1], got {repeat_probability}.")
+        self.repeat_probability = float(repeat_probability)
+
+    def reset(self, key, params=None):
+        obs, env_state = self._env.reset(key, params)
+        return obs, StickyActionsState(env_state, jnp.int32(0))
+
+    def step(self, key, state, action, params=None):
+        key_repeat, key_step = jax.random.split(key)
+        repeat = jax.random.uniform(key_repeat) < self.repeat_probability
+        executed = jnp.where(repeat, state.last_action, action).astype(jnp.int32)
+        obs, env_state, reward, terminated, truncated, info = self._env.step(
+            key_step, state.env_state, executed, params
+        )
+        done = jnp.logical_or(terminated, truncated)
+        last_action = jnp.where(done, 0, executed)
+        return obs, StickyActionsState(env_state, last_action), reward, terminated, truncated, info

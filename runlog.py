@@ -1,0 +1,310 @@
+"""Run output: the one module the algorithm files share besides `envs/`.
+
+An algorithm file's `main()` uses it in this order:
+
+    config = runlog.parse_config(Config, PRESETS)            # tyro CLI with `--preset`
+    run_dir = runlog.run_path(config, "pqn")
+    progress = runlog.Progress(run_dir, total_env_steps, num_seeds, quiet=config.quiet)
+    train = jax.vmap(make_train(config, progress))           # bad input raises here, before compiling
+    runlog.start_run(run_dir, config, "pqn")                  # writes config.json
+    (state, metrics), compile_s, train_s = runlog.compile_and_run(train, keys)
+    runlog.finish_run(run_dir, ...)                           # metrics CSV, summary.json, curve, checkpoint
+
+What lands in a run directory:
+    config.json          the resolved config (written before compiling)
+    progress.csv         one row per progress tick, appended while the jitted run goes (survives a crash)
+    metrics_seed<i>.csv  every metric of every update, one file per seed
+    summary.json         algorithm, env_id, preset, num_seeds, env_steps, final_return, timings, memory
+    curve.png            per-seed return curves (faint) and their mean
+    checkpoint.msgpack   final parameters and optimizer state of every seed (leading axis = seed)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import serialization
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_config(config_cls, presets: dict[str, Any], args: list[str] | None = None):
+    """Parse the command line into `config_cls`, with defaults taken from `--preset NAME`.
+
+    The preset is read first so that every other flag overrides the preset's value, and `--help`
+    shows the chosen preset's values as defaults.
+    """
+    import tyro
+
+    args = list(sys.argv[1:] if args is None else args)
+    preset = next(iter(presets))
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            preset = args[i + 1]
+        elif arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+    if preset not in presets:
+        raise SystemExit(f"Unknown preset {preset!r}. Choose one of: {', '.join(presets)}.")
+    return tyro.cli(config_cls, default=presets[preset], args=args)
+
+
+# ----------------------------------------------------------------------------------------------------
+# RUN DIRECTORY
+
+
+def run_path(config, algorithm: str) -> Path:
+    """`config.run_dir`, or runs/<algorithm>_<env>_<time>; nothing is created yet."""
+    default = f"{algorithm}_{config.env_id.replace('/', '-')}_{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(config.run_dir or os.path.join("runs", default))
+
+
+def start_run(run_dir: Path, config, algorithm: str) -> None:
+    """Create the run directory and write config.json, before anything is compiled."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {"algorithm": algorithm, **dataclasses.asdict(config)})
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically: a crash mid-write never leaves a truncated file behind."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_to_builtin) + "\n")
+    os.replace(tmp, path)
+
+
+def _to_builtin(x):
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PROGRESS (host callback from inside the jitted run)
+
+
+class Progress:
+    """Host side of the progress callback.
+
+    `train` calls it through `jax.debug.callback` every few updates with scalars of one seed; under
+    `vmap` it is called once per seed. A tick is complete when all seeds have reported it: then a row is
+    appended to progress.csv and, at most every `every_seconds`, a line is printed.
+    """
+
+    def __init__(self, run_dir: Path | None, total_env_steps: int, num_seeds: int, quiet: bool = False,
+                 every_seconds: float = 2.0):
+        self.path = None if run_dir is None else Path(run_dir) / "progress.csv"
+        self.total_env_steps, self.num_seeds = total_env_steps, num_seeds
+        self.quiet, self.every_seconds = quiet, every_seconds
+        self.pending: dict[int, list[dict[str, float]]] = {}
+        self.lock = threading.Lock()
+        self.start = self.last_print = None
+        self.header_written = False
+
+    def __call__(self, env_steps, **scalars) -> None:
+        row = {"env_steps": int(env_steps), **{k: float(v) for k, v in scalars.items()}}
+        with self.lock:
+            now = time.time()
+            if self.start is None:
+                self.start, self.last_print = now, now
+            rows = self.pending.setdefault(row["env_steps"], [])
+            rows.append(row)
+            if len(rows) < self.num_seeds:
+                return
+            del self.pending[row["env_steps"]]
+            summary = {"env_steps": row["env_steps"], "seconds": round(now - self.start, 3)}
+            for key in scalars:
+                values = np.array([r[key] for r in rows], dtype=np.float64)
+                summary[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            self._append(summary)
+            done = row["env_steps"] >= self.total_env_steps
+            if not self.quiet and (done or now - self.last_print >= self.every_seconds):
+                self.last_print = now
+                self._print(summary, now)
+
+    def _append(self, summary: dict[str, float]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(summary))
+            if not self.header_written:
+                writer.writeheader()
+                self.header_written = True
+            writer.writerow(summary)
+
+    def _print(self, summary: dict[str, float], now: float) -> None:
+        steps = summary["env_steps"]
+        elapsed = max(now - self.start, 1e-9)
+        # The first tick arrives after compiling, so the rate counts from there.
+        rate = steps * self.num_seeds / elapsed
+        eta = (self.total_env_steps - steps) * self.num_seeds / max(rate, 1e-9)
+        extras = "  ".join(f"{k} {v:.4g}" for k, v in summary.items() if k not in ("env_steps", "seconds"))
+        print(f"[{100 * steps / self.total_env_steps:5.1f}%] steps {steps:,}  {rate:,.0f} steps/s  "
+              f"{extras}  eta {eta:.0f}s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# TIMING AND MEMORY
+
+
+def compile_and_run(fn: Callable, *args):
+    """jit `fn`, compile it for `args`, run it; return (outputs, compile_seconds, run_seconds)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    jax.effects_barrier()  # let the last progress callbacks finish before timing stops
+    return out, compile_seconds, time.perf_counter() - t0
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory where the backend reports it (GPU/TPU), else the process's peak RSS."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+
+
+# ----------------------------------------------------------------------------------------------------
+# CHECKPOINTS (flax msgpack: one format for every algorithm)
+
+
+def save_checkpoint(path: Path, tree: Any) -> None:
+    """Save a pytree of arrays atomically (write to a temporary file, then rename)."""
+    path = Path(path)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_bytes(serialization.to_bytes(jax.device_get(tree)))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, target: Any = None) -> Any:
+    """Load a checkpoint; with `target` (a pytree of the same structure) restore its exact types."""
+    data = Path(path).read_bytes()
+    if target is None:
+        return serialization.msgpack_restore(data)
+    return serialization.from_bytes(target, data)
+
+
+# ----------------------------------------------------------------------------------------------------
+# METRICS, SUMMARY, CURVE
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """One CSV per seed: a row per update, a column per metric (arrays are [num_seeds, num_updates])."""
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}
+    num_seeds = next(iter(metrics.values())).shape[0]
+    for seed in range(num_seeds):
+        path = Path(run_dir) / f"metrics_seed{seed}.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(metrics))
+            writer.writerows(zip(*(v[seed].tolist() for v in metrics.values())))
+
+
+def plot_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, title: str,
+               ylabel: str = "episode return") -> None:
+    """Per-seed curves (thin lines) and their mean (thick), against environment steps (per seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env_steps, returns = np.asarray(env_steps), np.asarray(returns, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for seed in range(returns.shape[0]):
+        keep = np.isfinite(returns[seed])
+        ax.plot(env_steps[seed][keep], returns[seed][keep], lw=0.8, alpha=0.4)
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(returns, axis=0)
+    keep = np.isfinite(mean)
+    ax.plot(env_steps[0][keep], mean[keep], lw=2.2, color="black", label=f"mean of {returns.shape[0]} seeds")
+    ax.set(xlabel="environment steps (per seed)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def sparkline(values: np.ndarray, width: int = 40) -> str:
+    """A one-line text picture of a curve, for the terminal."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "(no finished episode yet)"
+    chunks = np.array_split(values, min(width, values.size))
+    values = np.array([c.mean() for c in chunks])
+    low, high = values.min(), values.max()
+    bars = "▁▂▃▄▅▆▇█"
+    scaled = np.zeros_like(values) if high == low else (values - low) / (high - low)
+    return f"{low:.4g} " + "".join(bars[int(s * (len(bars) - 1))] for s in scaled) + f" {high:.4g}"
+
+
+def log_trackers(run_dir: Path, config, metrics: dict[str, Any], step_key: str = "env_steps") -> None:
+    """Optional TensorBoard and wandb logs, one series per seed, written after the run."""
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}
+    steps = metrics[step_key]
+    if getattr(config, "tensorboard", False):
+        from tensorboardX import SummaryWriter
+
+        for seed in range(steps.shape[0]):
+            with SummaryWriter(str(Path(run_dir) / "tensorboard" / f"seed{seed}")) as writer:
+                for i, step in enumerate(steps[seed].tolist()):
+                    for key, values in metrics.items():
+                        if key != step_key and math.isfinite(values[seed, i]):
+                            writer.add_scalar(key, float(values[seed, i]), int(step))
+    if getattr(config, "wandb", False):
+        try:
+            import wandb
+        except ImportError as error:
+            raise SystemExit("--wandb needs `pip install wandb` (set WANDB_MODE=offline to log locally).") from error
+        for seed in range(steps.shape[0]):
+            run = wandb.init(project=config.wandb_project, name=f"{Path(run_dir).name}-seed{seed}",
+                             group=Path(run_dir).name, config=dataclasses.asdict(config),
+                             dir=str(run_dir), reinit=True)
+            for i, step in enumerate(steps[seed].tolist()):
+                run.log({k: float(v[seed, i]) for k, v in metrics.items() if k != step_key}, step=int(step))
+            run.finish()
+
+
+def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], final_return: np.ndarray,
+               checkpoint: Any, compile_seconds: float, train_seconds: float, curve_key: str = "episode_return",
+               extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write everything a run produces; return the summary. Files come first, checks after."""
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}
+    env_steps_per_seed = int(metrics["env_steps"][0, -1])
+    summary = {
+        "algorithm": algorithm,
+        "env_id": config.env_id,
+        "preset": config.preset,
+        "num_seeds": int(config.num_seeds),
+        "env_steps": env_steps_per_seed,
+        "final_return": [float(r) for r in np.asarray(final_return)],
+        "compile_seconds": round(compile_seconds, 3),
+        "train_seconds": round(train_seconds, 3),
+        "env_steps_per_second": round(env_steps_per_seed * config.num_seeds / max(train_seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "backend": jax.default_backend(),
+        **(extra_summary or {}),
+    }
+    write_metrics(run_dir, metrics)
+    save_checkpoint(Path(run_dir) / "checkpoint.msgpack", checkpoint)
+    write_json(Path(run_dir) / "summary.json", summary)
+    plot_curve(Path(run_dir) / "curve.png", metrics["env_steps"], metrics[curve_key],
+               f"{algorithm} on {config.env_id} ({config.preset} preset)")
+    log_trackers(run_dir, config, metrics)
+    return summary
