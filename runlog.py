@@ -30,6 +30,7 @@ import resource
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -228,8 +229,7 @@ def plot_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, title: st
     for seed in range(returns.shape[0]):
         keep = np.isfinite(returns[seed])
         ax.plot(env_steps[seed][keep], returns[seed][keep], lw=0.8, alpha=0.4)
-    with np.errstate(all="ignore"):
-        mean = np.nanmean(returns, axis=0)
+    mean = nanmean_quiet(returns, axis=0)
     keep = np.isfinite(mean)
     ax.plot(env_steps[0][keep], mean[keep], lw=2.2, color="black", label=f"mean of {returns.shape[0]} seeds")
     ax.set(xlabel="environment steps (per seed)", ylabel=ylabel, title=title)
@@ -238,6 +238,13 @@ def plot_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, title: st
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def nanmean_quiet(values, axis=None):
+    """np.nanmean without the warning for all-NaN slices (steps where no episode had finished yet)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(values, dtype=np.float64), axis=axis)
 
 
 def sparkline(values: np.ndarray, width: int = 40) -> str:

@@ -427,7 +427,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             f"--reward-scale."
         )
     if not config.quiet:
-        print(f"greedy return {runlog.sparkline(np.nanmean(np.asarray(metrics['eval_return']), axis=0))}")
+        print(f"greedy return {runlog.sparkline(runlog.nanmean_quiet(metrics['eval_return'], axis=0))}")
         print(f"final greedy return per seed: {summary['final_return']}  "
               f"({summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s)")
         print(f"curve: {run_dir / 'curve.png'}  summary: {run_dir / 'summary.json'}")
