@@ -261,7 +261,8 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
     )
     num_gradient_steps = sizes.num_updates * config.num_epochs * config.num_minibatches
     learning_rate = (
-        optax.linear_schedule(config.lr, 0.0, num_gradient_steps) if config.lr_linear_decay else config.lr
+        optax.linear_schedule(config.lr, 0.0, num_gradient_steps)
+        if config.lr_linear_decay else optax.constant_schedule(config.lr)
     )
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.radam(learning_rate))
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
@@ -377,10 +378,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
                 "td_loss": losses.mean(),
                 "q_mean": q_means.mean(),
                 "epsilon": epsilon,
-                "learning_rate": jnp.asarray(
-                    learning_rate((update_index + 1) * config.num_epochs * config.num_minibatches)
-                    if callable(learning_rate) else learning_rate
-                ),
+                "learning_rate": learning_rate((update_index + 1) * config.num_epochs * config.num_minibatches),
                 "eval_return": eval_return,
             }
             if progress is not None:

@@ -76,7 +76,9 @@ class BraxEnv:
         # Termination wins: an episode that falls on its last step is not a time-out.
         truncated = jnp.logical_and(time >= params.max_steps_in_episode, jnp.logical_not(terminated))
         done = jnp.logical_or(terminated, truncated)
-        # Reset every step and select, as gymnax does: under vmap a branch would run both sides anyway.
+        # Reset every step and select, as gymnax does. Under vmap a cond (or refilling a cached next
+        # reset) computes the reset every step anyway; it costs ~4-10% of a halfcheetah/hopper step
+        # (256 envs, CPU), so no cached, reused first state as in brax's AutoResetWrapper.
         reset_obs, reset_state = self.reset(key, params)
         next_state = jax.tree.map(
             lambda fresh, current: jnp.where(done, fresh, current),

@@ -1,0 +1,107 @@
+"""Measure an algorithm's speed side by side with its environment's, and print one JSON object.
+
+    python scripts/benchmark.py pqn --preset cartpole
+    python scripts/benchmark.py pqn --preset cartpole --num-seeds 4
+    python scripts/benchmark.py pqn --preset minatar --total-timesteps 1000000
+
+Reports compile seconds, training env steps/s (all seeds together, compile excluded), peak memory, and,
+measured in the same process, the throughput of a uniformly random policy on the same environment with
+the same number of parallel envs (times seeds), and the ratio training / random. Machines are shared and
+noisy: compare ratios and side-by-side figures, not absolute times across runs. Extra flags after the
+algorithm name go to the algorithm's own CLI (e.g. `--num-envs 64`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+import runlog
+
+
+def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: int, seed: int = 0) -> float:
+    """Env steps/s of a uniformly random policy on `num_envs` vmapped envs (compile excluded)."""
+    action_space = env.action_space(env_params)
+    reset = jax.vmap(env.reset, in_axes=(0, None))
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def rollout(key):
+        key_reset, key_steps = jax.random.split(key)
+        obs, state = reset(jax.random.split(key_reset, num_envs), env_params)
+
+        def body(carry, key):
+            state, total = carry
+            key_action, key_step = jax.random.split(key)
+            actions = jax.vmap(action_space.sample)(jax.random.split(key_action, num_envs))
+            _, state, reward, *_ = step(jax.random.split(key_step, num_envs), state, actions, env_params)
+            return (state, total + reward.sum()), None
+
+        (_, total), _ = jax.lax.scan(body, (state, jnp.float32(0)), jax.random.split(key_steps, num_steps))
+        return total
+
+    _, _, seconds = runlog.compile_and_run(rollout, jax.random.PRNGKey(seed))
+    return num_envs * num_steps / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("algorithm", help="file name in algorithms/ without .py, e.g. pqn")
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--num-seeds", type=int, default=1)
+    parser.add_argument("--total-timesteps", type=int, default=None, help="default: the preset's")
+    args, extra = parser.parse_known_args()
+
+    module = importlib.import_module(f"algorithms.{args.algorithm}")
+    cli = ["--quiet", "--num-seeds", str(args.num_seeds), *extra]
+    if args.preset:
+        cli += ["--preset", args.preset]
+    if args.total_timesteps:
+        cli += ["--total-timesteps", str(args.total_timesteps)]
+    config = runlog.parse_config(module.Config, module.PRESETS, cli)
+
+    # TRAINING THROUGHPUT
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
+    train = jax.vmap(module.make_train(config))
+    t0 = time.perf_counter()
+    (_, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
+    env_steps = int(metrics["env_steps"][0, -1])
+    train_memory = runlog.peak_memory_mb()
+    training = env_steps * config.num_seeds / train_seconds
+
+    # RANDOM-POLICY THROUGHPUT OF THE SAME ENV, SAME NUMBER OF ENVS
+    env, env_params, *_ = module.make_env(config)
+    num_envs = config.num_envs * config.num_seeds
+    random_steps = max(min(env_steps * config.num_seeds // num_envs, 20_000), 100)
+    random = random_policy_steps_per_second(env, env_params, num_envs, random_steps)
+
+    print(json.dumps({
+        "algorithm": args.algorithm,
+        "preset": config.preset,
+        "env_id": config.env_id,
+        "num_seeds": config.num_seeds,
+        "num_envs": config.num_envs,
+        "env_steps_per_seed": env_steps,
+        "compile_seconds": round(compile_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "train_env_steps_per_second": round(training),
+        "random_policy_env_steps_per_second": round(random),
+        "train_over_random": round(training / random, 4),
+        "peak_memory_mb": round(train_memory, 1),
+        "final_return_mean": float(jnp.mean(metrics["eval_return"][:, -1])) if "eval_return" in metrics else None,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "cpu_count": __import__("os").cpu_count(),
+        "machine": platform.machine(),
+        "jax": jax.__version__,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
