@@ -180,6 +180,25 @@ def make_env(config: Config):
 # NETWORK
 
 
+class Conv3x3(nn.Module):
+    """nn.Conv(features, (3, 3), padding="VALID"), computed as 3x3 patches times the same kernel.
+
+    Same function, parameters and init; XLA's CPU backend computes its weight gradient about 5x faster
+    this way than through its convolution op (tests/test_pqn.py checks the two agree).
+    """
+
+    features: int
+    kernel_init: Callable = nn.initializers.he_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        height, width = x.shape[-3] - 2, x.shape[-2] - 2
+        patches = [x[..., i:i + height, j:j + width, :] for i in range(3) for j in range(3)]
+        return jnp.concatenate(patches, axis=-1) @ kernel.reshape(-1, self.features) + bias
+
+
 class QNetwork(nn.Module):
     """Q(s, ·): [Dense -> LayerNorm -> ReLU] x num_layers -> Dense(num_actions), optionally after the
     MinAtar torso Conv(16, 3x3, VALID) -> LayerNorm -> ReLU -> flatten (He-normal init, as the authors)."""
@@ -194,7 +213,7 @@ class QNetwork(nn.Module):
         x = obs
         init = nn.initializers.he_normal() if self.conv else nn.initializers.lecun_normal()
         if self.conv:
-            x = nn.Conv(16, kernel_size=(3, 3), padding="VALID", kernel_init=init)(x)
+            x = Conv3x3(16, kernel_init=init)(x)
             x = nn.relu(nn.LayerNorm()(x))
             x = x.reshape(*x.shape[:-3], -1)
         for _ in range(self.num_layers):
@@ -344,7 +363,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
 
             # UPDATE NETWORK
             def loss_fn(params, obs, action, target):
-                q_taken = jnp.take_along_axis(network.apply(params, obs), action[:, None], axis=-1)[:, 0]
+                q_taken = (network.apply(params, obs) * jax.nn.one_hot(action, num_actions)).sum(-1)
                 return 0.5 * jnp.mean((q_taken - target) ** 2), q_taken.mean()
 
             def minibatch_step(state, minibatch):
@@ -404,7 +423,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     sizes = derive_sizes(config)
     run_dir = runlog.run_path(config, "pqn")
     progress = runlog.Progress(run_dir, sizes.num_updates * sizes.batch_size, config.num_seeds, config.quiet)
-    train = jax.vmap(make_train(config, progress))  # raises on a bad config before compiling
+    train = runlog.vmap_seeds(make_train(config, progress))  # raises on a bad config before compiling
     runlog.start_run(run_dir, config, "pqn")
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
     if not config.quiet:

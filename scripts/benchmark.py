@@ -67,7 +67,7 @@ def main() -> None:
 
     # TRAINING THROUGHPUT
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
-    train = jax.vmap(module.make_train(config))
+    train = runlog.vmap_seeds(module.make_train(config))
     t0 = time.perf_counter()
     (_, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
     env_steps = int(metrics["env_steps"][0, -1])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +77,15 @@ def test_penultimate_step_bootstraps_from_its_own_next_state():
     no = jnp.zeros((3, 1), bool)
     returns = pqn.lambda_returns(rewards, no, no, next_q_max, 0.5, 0.0)
     np.testing.assert_allclose(returns[:, 0], [0.5, 1.0, 1.5])
+
+
+def test_conv3x3_is_a_valid_3x3_convolution():
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 10, 10, 4))
+    conv = nn.Conv(16, kernel_size=(3, 3), padding="VALID")
+    params = conv.init(jax.random.PRNGKey(1), x)
+    ours = pqn.Conv3x3(16).apply(params, x)  # same parameter names and shapes as nn.Conv
+    assert ours.shape == (5, 8, 8, 16)
+    np.testing.assert_allclose(ours, conv.apply(params, x), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------
