@@ -237,24 +237,36 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def plot_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, title: str,
-               ylabel: str = "episode return") -> None:
-    """Per-seed curves (thin lines) and their mean (thick), against environment steps (per seed)."""
+               eval_returns: np.ndarray | None = None, ylabel: str = "episode return") -> None:
+    """Training returns per seed (thin) and their mean (thick), and where given the greedy evaluations
+    (dots per seed, their mean as a dashed line), against environment steps per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    env_steps, returns = np.asarray(env_steps), np.asarray(returns, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for seed in range(returns.shape[0]):
-        keep = np.isfinite(returns[seed])
-        ax.plot(env_steps[seed][keep], returns[seed][keep], lw=0.8, alpha=0.4)
+    steps = np.asarray(env_steps)[0]
+    returns = np.asarray(returns, dtype=np.float64)
+    num_seeds = returns.shape[0]
+    seeds = f"{num_seeds} seed" + ("s" if num_seeds > 1 else "")
+    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
+    if num_seeds > 1:
+        for seed in range(num_seeds):
+            keep = np.isfinite(returns[seed])
+            ax.plot(steps[keep], returns[seed][keep], lw=0.7, alpha=0.35, color="tab:blue")
     mean = nanmean_quiet(returns, axis=0)
     keep = np.isfinite(mean)
-    ax.plot(env_steps[0][keep], mean[keep], lw=2.2, color="black", label=f"mean of {returns.shape[0]} seeds")
+    ax.plot(steps[keep], mean[keep], lw=1.8, color="tab:blue", label=f"training episodes (mean of {seeds})")
+    if eval_returns is not None:
+        eval_returns = np.asarray(eval_returns, dtype=np.float64)
+        at = np.isfinite(eval_returns).any(axis=0)
+        for seed in range(num_seeds):
+            ax.plot(steps[at], eval_returns[seed][at], "o", ms=3, alpha=0.5, color="tab:orange")
+        ax.plot(steps[at], nanmean_quiet(eval_returns[:, at], axis=0), "--", lw=2, color="tab:orange",
+                label=f"greedy evaluation (mean of {seeds})")
     ax.set(xlabel="environment steps (per seed)", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -310,7 +322,7 @@ def log_trackers(run_dir: Path, config, metrics: dict[str, Any], step_key: str =
 
 def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], final_return: np.ndarray,
                checkpoint: Any, compile_seconds: float, train_seconds: float, curve_key: str = "episode_return",
-               extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+               eval_key: str = "eval_return", extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write everything a run produces; return the summary. Files come first, checks after."""
     metrics = {k: np.asarray(v) for k, v in metrics.items()}
     env_steps_per_seed = int(metrics["env_steps"][0, -1])
@@ -332,6 +344,6 @@ def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], f
     save_checkpoint(Path(run_dir) / "checkpoint.msgpack", checkpoint)
     write_json(Path(run_dir) / "summary.json", summary)
     plot_curve(Path(run_dir) / "curve.png", metrics["env_steps"], metrics[curve_key],
-               f"{algorithm} on {config.env_id} ({config.preset} preset)")
+               f"{algorithm} on {config.env_id} ({config.preset} preset)", metrics.get(eval_key))
     log_trackers(run_dir, config, metrics)
     return summary

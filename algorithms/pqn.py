@@ -275,8 +275,9 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
     sizes = derive_sizes(config)
     env, env_params, num_actions = make_env(config)
     network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn")
+    # At least one step: optax holds a zero-length schedule at its start value.
     epsilon_schedule = optax.linear_schedule(
-        config.eps_start, config.eps_finish, int(config.eps_decay * sizes.num_updates)
+        config.eps_start, config.eps_finish, max(int(config.eps_decay * sizes.num_updates), 1)
     )
     num_gradient_steps = sizes.num_updates * config.num_epochs * config.num_minibatches
     learning_rate = (
@@ -319,7 +320,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
 
         def update(carry, update_index):
-            state, env_state, obs, key = carry
+            state, env_state, obs, latest_eval_return, key = carry
             key, key_rollout, key_learn, key_eval = jax.random.split(key, 4)
             epsilon = epsilon_schedule(update_index)
 
@@ -389,6 +390,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
             eval_return = jax.lax.cond(
                 is_eval, lambda: greedy_evaluation(state.params, key_eval), lambda: jnp.float32(jnp.nan)
             )
+            latest_eval_return = jnp.where(is_eval, eval_return, latest_eval_return)
             done, returns, lengths = episodes
             metrics = {
                 "env_steps": (update_index + 1) * sizes.batch_size,
@@ -405,13 +407,14 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
                     (update_index + 1) % sizes.progress_every == 0,
                     lambda: jax.debug.callback(
                         lambda m: progress(**m),
-                        {k: metrics[k] for k in ("env_steps", "episode_return", "eval_return", "td_loss")},
+                        {k: metrics[k] for k in ("env_steps", "episode_return", "td_loss")}
+                        | {"eval_return": latest_eval_return},
                     ),
                     lambda: None,
                 )
-            return (state, env_state, obs, key), metrics
+            return (state, env_state, obs, latest_eval_return, key), metrics
 
-        carry = (state, env_state, obs, key)
+        carry = (state, env_state, obs, jnp.float32(jnp.nan), key)
         (state, *_), metrics = jax.lax.scan(update, carry, jnp.arange(sizes.num_updates))
         return state, metrics
 
