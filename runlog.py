@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
@@ -112,15 +113,15 @@ class Progress:
         self.quiet, self.every_seconds = quiet, every_seconds
         self.pending: dict[int, list[dict[str, float]]] = {}
         self.lock = threading.Lock()
-        self.start = self.last_print = None
+        self.start = self.last_print = self.start_steps = None
         self.header_written = False
 
     def __call__(self, env_steps, **scalars) -> None:
         row = {"env_steps": int(env_steps), **{k: float(v) for k, v in scalars.items()}}
         with self.lock:
             now = time.time()
-            if self.start is None:
-                self.start, self.last_print = now, now
+            if self.start is None:  # the first tick comes after compiling: rates count from here
+                self.start, self.last_print, self.start_steps = now, now, row["env_steps"]
             rows = self.pending.setdefault(row["env_steps"], [])
             rows.append(row)
             if len(rows) < self.num_seeds:
@@ -148,9 +149,7 @@ class Progress:
 
     def _print(self, summary: dict[str, float], now: float) -> None:
         steps = summary["env_steps"]
-        elapsed = max(now - self.start, 1e-9)
-        # The first tick arrives after compiling, so the rate counts from there.
-        rate = steps * self.num_seeds / elapsed
+        rate = (steps - self.start_steps) * self.num_seeds / max(now - self.start, 1e-9)
         eta = (self.total_env_steps - steps) * self.num_seeds / max(rate, 1e-9)
         extras = "  ".join(f"{k} {v:.4g}" for k, v in summary.items() if k not in ("env_steps", "seconds"))
         print(f"[{100 * steps / self.total_env_steps:5.1f}%] steps {steps:,}  {rate:,.0f} steps/s  "
@@ -159,6 +158,12 @@ class Progress:
 
 # ----------------------------------------------------------------------------------------------------
 # SEEDS
+
+
+def seed_keys(seed: int, num_seeds: int) -> jax.Array:
+    """One PRNG key per run: run i gets fold_in(PRNGKey(seed), i), whatever the number of runs, so run 0
+    of `--num-seeds 8` is the same run as `--num-seeds 1`."""
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(num_seeds))
 
 
 def vmap_seeds(train: Callable) -> Callable:

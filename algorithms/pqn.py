@@ -50,7 +50,7 @@ class Config:
     env_id: str = "CartPole-v1"
     """Environment id: any discrete-action gymnax id, e.g. Acrobot-v1, Breakout-MinAtar."""
     seed: int = 0
-    """Seed of the first run; seed i uses the i-th key split from it."""
+    """Base seed; run i uses fold_in(PRNGKey(seed), i), so run 0 is the same whatever --num-seeds."""
     num_seeds: int = 1
     """Independent runs, trained together as one vmapped program."""
     total_timesteps: int = 500_000
@@ -428,7 +428,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     progress = runlog.Progress(run_dir, sizes.num_updates * sizes.batch_size, config.num_seeds, config.quiet)
     train = runlog.vmap_seeds(make_train(config, progress))  # raises on a bad config before compiling
     runlog.start_run(run_dir, config, "pqn")
-    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
+    keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
         print(f"PQN on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s) x "
               f"{sizes.num_updates * sizes.batch_size:,} steps -> {run_dir}", flush=True)

@@ -66,7 +66,7 @@ def main() -> None:
     config = runlog.parse_config(module.Config, module.PRESETS, cli)
 
     # TRAINING THROUGHPUT
-    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
+    keys = runlog.seed_keys(config.seed, config.num_seeds)
     train = runlog.vmap_seeds(module.make_train(config))
     t0 = time.perf_counter()
     (_, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)

@@ -1,0 +1,92 @@
+"""The shared run-output module: progress, seeds, trackers, and that batched and unbatched seeds agree."""
+
+import csv
+import dataclasses
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import runlog
+from algorithms import pqn
+
+
+def test_progress_waits_for_every_seed_and_averages(tmp_path, capsys):
+    progress = runlog.Progress(tmp_path, total_env_steps=200, num_seeds=2, every_seconds=0.0)
+    progress(env_steps=100, episode_return=1.0, eval_return=float("nan"))
+    assert not (tmp_path / "progress.csv").exists()  # seed 1 has not reported yet
+    progress(env_steps=100, episode_return=3.0, eval_return=float("nan"))
+    progress(env_steps=200, episode_return=5.0, eval_return=10.0)
+    progress(env_steps=200, episode_return=7.0, eval_return=float("nan"))
+    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert [int(r["env_steps"]) for r in rows] == [100, 200]
+    assert float(rows[0]["episode_return"]) == 2.0 and np.isnan(float(rows[0]["eval_return"]))
+    assert float(rows[1]["episode_return"]) == 6.0 and float(rows[1]["eval_return"]) == 10.0
+    assert "100.0%" in capsys.readouterr().out
+
+
+def test_quiet_progress_prints_nothing(tmp_path, capsys):
+    progress = runlog.Progress(tmp_path, total_env_steps=10, num_seeds=1, quiet=True, every_seconds=0.0)
+    progress(env_steps=10, episode_return=1.0)
+    assert capsys.readouterr().out == "" and (tmp_path / "progress.csv").exists()
+
+
+def test_seed_keys_do_not_depend_on_the_number_of_seeds():
+    np.testing.assert_array_equal(runlog.seed_keys(7, 1)[0], runlog.seed_keys(7, 8)[0])
+    keys = runlog.seed_keys(7, 8)
+    assert len({tuple(np.asarray(k)) for k in keys}) == 8
+
+
+def test_one_seed_unbatched_matches_the_batched_run():
+    config = runlog.parse_config(pqn.Config, pqn.PRESETS, ["--total-timesteps", "4096", "--num-evals", "1"])
+    train = pqn.make_train(config)
+    keys = runlog.seed_keys(0, 2)
+    single_state, single = jax.jit(runlog.vmap_seeds(train))(keys[:1])
+    batched_state, batched = jax.jit(runlog.vmap_seeds(train))(keys)
+    assert single["td_loss"].shape == (1, 2) and batched["td_loss"].shape == (2, 2)
+    # Same run, other matmul kernels: equal up to float rounding.
+    np.testing.assert_allclose(single["td_loss"][0], batched["td_loss"][0], rtol=1e-3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b[0], atol=1e-4),
+                 single_state.params, batched_state.params)
+
+
+@dataclasses.dataclass
+class _Config:
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "test"
+
+
+def _metrics():
+    return {"env_steps": jnp.array([[10, 20], [10, 20]]), "episode_return": jnp.array([[1.0, jnp.nan], [3.0, 4.0]])}
+
+
+def test_tensorboard_writes_one_series_per_seed(tmp_path):
+    runlog.log_trackers(tmp_path, _Config(tensorboard=True), _metrics())
+    for seed in (0, 1):
+        files = list((tmp_path / "tensorboard" / f"seed{seed}").glob("events.out.tfevents.*"))
+        assert files and files[0].stat().st_size > 0
+
+
+def test_wandb_logs_one_run_per_seed(tmp_path, monkeypatch):
+    logged = []
+
+    class FakeRun:
+        def __init__(self, name):
+            self.name = name
+
+        def log(self, values, step):
+            logged.append((self.name, step, values))
+
+        def finish(self):
+            logged.append((self.name, "finished", None))
+
+    fake = types.SimpleNamespace(init=lambda **kwargs: FakeRun(kwargs["name"]))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    runlog.log_trackers(tmp_path, _Config(wandb=True), _metrics())
+    names = {name for name, *_ in logged}
+    assert len(names) == 2 and all(name.endswith(("seed0", "seed1")) for name in names)
+    seed1 = [values for name, step, values in logged if name.endswith("seed1") and values]
+    assert [v["episode_return"] for v in seed1] == [3.0, 4.0]
