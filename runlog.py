@@ -15,7 +15,7 @@ What lands in a run directory:
     progress.csv         one row per progress tick, appended while the jitted run goes (survives a crash)
     metrics_seed<i>.csv  every metric of every update, one file per seed
     summary.json         algorithm, env_id, preset, num_seeds, env_steps, final_return, timings, memory
-    curve.png            per-seed return curves (faint) and their mean
+    curve.png            training returns per seed and their mean, and the greedy evaluations
     checkpoint.msgpack   final parameters and optimizer state of every seed (leading axis = seed)
 """
 
@@ -140,7 +140,8 @@ class Progress:
     def _append(self, summary: dict[str, float]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a", newline="") as f:
+        # The first row of this run starts the file afresh (a rerun into the same directory replaces it).
+        with open(self.path, "a" if self.header_written else "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(summary))
             if not self.header_written:
                 writer.writeheader()
@@ -170,7 +171,7 @@ def vmap_seeds(train: Callable) -> Callable:
     """`jax.vmap(train)` over a leading axis of keys; one key runs unbatched, with the seed axis added back.
 
     XLA's CPU backend runs the matmuls of a size-1 vmap as batched matmuls at about half the speed of
-    plain ones, so a single seed skips the vmap. Results are identical either way.
+    plain ones, so a single seed skips the vmap. Results agree up to float rounding (tests/test_runlog.py).
     """
     batched = jax.vmap(train)
 

@@ -123,3 +123,19 @@ def test_sticky_actions():
         repeats += int(new_state.last_action) != action
         state = new_state
     assert 100 < repeats < 260  # repeats that happen to equal the chosen action are not counted
+
+
+# MNISTBandit downloads MNIST when it is built; no test here depends on the network.
+NEEDS_DOWNLOAD = {"MNISTBandit-bsuite"}
+
+
+def test_every_gymnax_id_builds_and_steps_with_the_common_interface():
+    import gymnax
+
+    for env_id in sorted(set(gymnax.registered_envs) - NEEDS_DOWNLOAD):
+        env, params = envs.make(env_id)
+        obs, state = env.reset(jax.random.PRNGKey(0), params)
+        action = env.action_space(params).sample(jax.random.PRNGKey(1))
+        obs, state, reward, terminated, truncated, info = env.step(jax.random.PRNGKey(2), state, action, params)
+        assert info["final_observation"].shape == obs.shape, env_id
+        assert terminated.dtype == jnp.bool_ and truncated.dtype == jnp.bool_, env_id
