@@ -1,10 +1,6 @@
 """PQN: λ-returns against the forward-view definition, runs, outputs, errors, determinism, learning."""
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -15,7 +11,6 @@ import pytest
 import runlog
 from algorithms import pqn
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--total-timesteps", "4096", "--num-evals", "2", "--quiet"]
 
 
@@ -193,25 +188,6 @@ def test_nan_loss_is_reported_and_outputs_are_kept(tmp_path):
         pqn.main([*TINY, "--reward-scale", "nan", "--run-dir", str(run_dir)])
     assert (run_dir / "metrics_seed0.csv").exists() and (run_dir / "checkpoint.msgpack").exists()
     assert (run_dir / "summary.json").exists()
-
-
-# ----------------------------------------------------------------------------------------------------
-# The file as a script: --help, and a copy under another name
-
-
-def test_help_and_copied_file_run(tmp_path):
-    out = subprocess.run([sys.executable, "algorithms/pqn.py", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    assert "--num-envs" in out and "--preset" in out and "λ" in out
-    copy = ROOT / "algorithms" / "pqn_copy_under_test.py"
-    shutil.copy(ROOT / "algorithms" / "pqn.py", copy)
-    try:
-        result = subprocess.run([sys.executable, str(copy.relative_to(ROOT)), *TINY, "--run-dir",
-                                 str(tmp_path / "copy")], cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert (tmp_path / "copy" / "summary.json").exists()
-    finally:
-        copy.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------
