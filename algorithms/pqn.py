@@ -23,6 +23,8 @@ Where this file differs from the authors' code (purejaxql), on purpose:
 - At a time limit the target bootstraps from Q(final observation); the reference treats it as terminal.
 - MinAtar observations are used as they are (0/1); the reference divides them by 255.
 - No BatchNorm placeholder layers; greedy evaluation scores the first episode of each evaluation env.
+- The MinAtar Conv(16, 3x3) is computed as 3x3 patches times its kernel (`Conv3x3`): the same function
+  and parameters, with weight gradients 5x faster on CPU than XLA's convolution.
 """
 
 from __future__ import annotations
