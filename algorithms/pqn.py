@@ -29,7 +29,6 @@ Where this file differs from the authors' code (purejaxql), on purpose:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple
 
