@@ -7,6 +7,7 @@
 This package is the only place that knows how an environment library works.
 """
 
+from envs.normalization import AddTimeFeature, NormalizeObservation, RunningMeanStd, ScaleReward
 from envs.registry import check_env_id, known_env_ids, make
 from envs.spaces import require_continuous_actions, require_discrete_actions
 from envs.wrappers import (
@@ -19,6 +20,10 @@ from envs.wrappers import (
 )
 
 __all__ = [
+    "AddTimeFeature",
+    "NormalizeObservation",
+    "RunningMeanStd",
+    "ScaleReward",
     "ClipAction",
     "EpisodeStatistics",
     "FlattenObservation",
