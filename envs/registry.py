@@ -33,10 +33,13 @@ BRAX_ENV_NAMES = (
     "walker2d",
 )
 
+# Environments defined in this package (tasks with known answers, for tests and prediction learners).
+LOCAL_ENV_IDS = ("RandomWalk-v0",)
+
 
 def known_env_ids() -> list[str]:
-    """Every id `make` accepts: gymnax's registered ids and `brax/<name>`."""
-    return list(gymnax.registered_envs) + [BRAX_PREFIX + name for name in BRAX_ENV_NAMES]
+    """Every id `make` accepts: gymnax's registered ids, `brax/<name>` and this package's own."""
+    return list(gymnax.registered_envs) + [BRAX_PREFIX + name for name in BRAX_ENV_NAMES] + list(LOCAL_ENV_IDS)
 
 
 def check_env_id(env_id: str) -> None:
@@ -58,8 +61,14 @@ def make(env_id: str, **kwargs):
     gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, `Catch-bsuite`, ...) pass `kwargs` to gymnax.
     brax ids (`brax/hopper`, ...) take `backend` (`generalized` default, `mjx`, `positional`, `spring`),
     `episode_length` (1000 default) and any keyword of the brax environment's constructor.
+    `RandomWalk-v0` (envs/random_walk.py) takes `num_states` (19 default).
     """
     check_env_id(env_id)
+    if env_id == "RandomWalk-v0":
+        from envs.random_walk import RandomWalk
+
+        env = RandomWalk(**kwargs)
+        return env, env.default_params
     if env_id.startswith(BRAX_PREFIX):
         from envs.brax_adapter import make_brax  # brax is heavy: import it only when asked for
 
