@@ -328,7 +328,8 @@ def log_trackers(run_dir: Path, config, metrics: dict[str, Any], step_key: str =
 
 def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], final_return: np.ndarray,
                checkpoint: Any, compile_seconds: float, train_seconds: float, curve_key: str = "episode_return",
-               eval_key: str = "eval_return", extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+               eval_key: str = "eval_return", extra_summary: dict[str, Any] | None = None,
+               curve_label: str = "episode return") -> dict[str, Any]:
     """Write everything a run produces; return the summary. Files come first, checks after."""
     metrics = {k: np.asarray(v) for k, v in metrics.items()}
     env_steps_per_seed = int(metrics["env_steps"][0, -1])
@@ -350,6 +351,6 @@ def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], f
     save_checkpoint(Path(run_dir) / "checkpoint.msgpack", checkpoint)
     write_json(Path(run_dir) / "summary.json", summary)
     plot_curve(Path(run_dir) / "curve.png", metrics["env_steps"], metrics[curve_key],
-               f"{algorithm} on {config.env_id} ({config.preset} preset)", metrics.get(eval_key))
+               f"{algorithm} on {config.env_id} ({config.preset} preset)", metrics.get(eval_key), ylabel=curve_label)
     log_trackers(run_dir, config, metrics)
     return summary
