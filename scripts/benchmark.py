@@ -76,7 +76,7 @@ def main() -> None:
 
     # RANDOM-POLICY THROUGHPUT OF THE SAME ENV, SAME NUMBER OF ENVS
     env, env_params, *_ = module.make_env(config)
-    num_envs = config.num_envs * config.num_seeds
+    num_envs = getattr(config, "num_envs", 1) * config.num_seeds  # streaming learners: one env each
     random_steps = max(min(env_steps * config.num_seeds // num_envs, 20_000), 100)
     random = random_policy_steps_per_second(env, env_params, num_envs, random_steps)
 
@@ -85,7 +85,7 @@ def main() -> None:
         "preset": config.preset,
         "env_id": config.env_id,
         "num_seeds": config.num_seeds,
-        "num_envs": config.num_envs,
+        "num_envs": getattr(config, "num_envs", 1),
         "env_steps_per_seed": env_steps,
         "compile_seconds": round(compile_seconds, 2),
         "train_seconds": round(train_seconds, 2),
@@ -93,7 +93,8 @@ def main() -> None:
         "random_policy_env_steps_per_second": round(random),
         "train_over_random": round(training / random, 4),
         "peak_memory_mb": round(train_memory, 1),
-        "final_return_mean": float(jnp.mean(metrics["eval_return"][:, -1])) if "eval_return" in metrics else None,
+        "final_return_mean": float(jnp.mean(metrics["eval_return"][:, -1])) if "eval_return" in metrics
+        else float(jnp.nanmean(metrics["episode_return"][:, -1])),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "cpu_count": __import__("os").cpu_count(),

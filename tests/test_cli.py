@@ -16,6 +16,7 @@ TINY = {
     "pqn": ["--total-timesteps", "4096", "--num-evals", "1"],
     "sac": ["--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "32", "--hidden-size", "32",
             "--num-evals", "1"],
+    "stream_x": ["--total-timesteps", "600", "--num-log-rows", "3"],
 }
 
 
