@@ -137,8 +137,8 @@ def with_dynamics(env, params, values: Mapping[str, Any]):
     for name, value in values.items():
         if name in mass_links:
             if link_mass is None:
-                link_mass = jnp.asarray(sys.link.inertia.mass, jnp.float32)
-            link_mass = link_mass.at[mass_links[name]].set(value)
+                link_mass = sys.link.inertia.mass
+            link_mass = jnp.asarray(link_mass, jnp.float32).at[mass_links[name]].set(value)
     if "friction" in values:
         nominal = jnp.asarray(sys.geom_friction, jnp.float32)[:, 0]
         geom_friction = nominal * (values["friction"] / _brax_floor_friction(env))
@@ -360,12 +360,14 @@ class GridEvaluation(NamedTuple):
 
 
 def make_model_evaluator(env, env_params, uncertainty_set: UncertaintySet, policy: Callable,
-                         num_steps: int = 1000, num_episodes: int = 1):
+                         num_steps: int = 1000, num_episodes: int = 1, policy_init: Callable | None = None):
     """A jitted `evaluate(policy_params, values, key) -> returns` for a batch of models `values`
     (shape (P, d), physical units) in one vmapped call; returns has shape (P,).
 
     `policy(policy_params, obs) -> action` acts deterministically (for a two-player env it returns the
-    (protagonist, adversary) pair). Each return is the undiscounted sum of rewards of an episode of at
+    (protagonist, adversary) pair). A policy with memory (e.g. IWOCS's, which checks its models against
+    the last transition) passes `policy_init(policy_params, first_obs) -> carry` and is called as
+    `policy(policy_params, obs, carry) -> (action, carry)`. Each return is the undiscounted sum of rewards of an episode of at
     most `num_steps` steps (the time limit is set to `num_steps`; an episode that terminates earlier
     stops counting), averaged over `num_episodes` initial states. Every model sees the same initial
     states (common random numbers), so differences between models are not reset noise.
@@ -379,17 +381,21 @@ def make_model_evaluator(env, env_params, uncertainty_set: UncertaintySet, polic
         params = uncertainty_set.apply(env, env_params, values)
         key_reset, key_steps = jax.random.split(key)
         obs, state = env.reset(key_reset, params)
+        memory = None if policy_init is None else policy_init(policy_params, obs)
 
         def body(carry, step_key):
-            obs, state, total, running = carry
-            action = policy(policy_params, obs)
+            obs, state, memory, total, running = carry
+            if policy_init is None:
+                action = policy(policy_params, obs)
+            else:
+                action, memory = policy(policy_params, obs, memory)
             obs, state, reward, terminated, truncated, _ = env.step(step_key, state, action, params)
             total = total + jnp.where(running, reward, 0.0)
             running = jnp.logical_and(running, jnp.logical_not(jnp.logical_or(terminated, truncated)))
-            return (obs, state, total, running), None
+            return (obs, state, memory, total, running), None
 
-        carry = (obs, state, jnp.float32(0.0), jnp.bool_(True))
-        (_, _, total, _), _ = jax.lax.scan(body, carry, jax.random.split(key_steps, num_steps))
+        carry = (obs, state, memory, jnp.float32(0.0), jnp.bool_(True))
+        (*_, total, _), _ = jax.lax.scan(body, carry, jax.random.split(key_steps, num_steps))
         return total
 
     def model_return(policy_params, values, key):
@@ -409,11 +415,14 @@ def make_model_evaluator(env, env_params, uncertainty_set: UncertaintySet, polic
 
 
 def make_grid_evaluator(env, env_params, uncertainty_set: UncertaintySet, policy: Callable,
-                        num_per_axis: int = 10, num_steps: int = 1000, num_episodes: int = 1):
+                        num_per_axis: int = 10, num_steps: int = 1000, num_episodes: int = 1,
+                        policy_init: Callable | None = None):
     """A jitted `evaluate(policy_params, key) -> GridEvaluation` over the set's grid of `num_per_axis`
     points per axis (N^d models, all in one vmapped call); see `make_model_evaluator`."""
     grid = uncertainty_set.grid(num_per_axis)
-    evaluate_models = make_model_evaluator(env, env_params, uncertainty_set, policy, num_steps, num_episodes)
+    evaluate_models = make_model_evaluator(
+        env, env_params, uncertainty_set, policy, num_steps, num_episodes, policy_init
+    )
 
     @jax.jit
     def evaluate(policy_params, key):
@@ -428,8 +437,11 @@ def make_grid_evaluator(env, env_params, uncertainty_set: UncertaintySet, policy
 
 
 def evaluate_grid(env, env_params, uncertainty_set: UncertaintySet, policy: Callable, policy_params, key,
-                  num_per_axis: int = 10, num_steps: int = 1000, num_episodes: int = 1) -> GridEvaluation:
+                  num_per_axis: int = 10, num_steps: int = 1000, num_episodes: int = 1,
+                  policy_init: Callable | None = None) -> GridEvaluation:
     """A policy's returns on every point of the set's grid, with the worst and the average (one call).
     To evaluate many policies, build `make_grid_evaluator` once: it compiles once."""
-    evaluate = make_grid_evaluator(env, env_params, uncertainty_set, policy, num_per_axis, num_steps, num_episodes)
+    evaluate = make_grid_evaluator(
+        env, env_params, uncertainty_set, policy, num_per_axis, num_steps, num_episodes, policy_init
+    )
     return evaluate(policy_params, key)

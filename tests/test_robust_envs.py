@@ -143,6 +143,29 @@ def test_grid_evaluation_matches_a_loop_of_single_evaluations():
     np.testing.assert_allclose(result.worst_values, result.values.reshape(-1, 2)[np.argmin(result.returns)])
 
 
+def test_policy_with_memory_in_the_evaluator():
+    env, params = envs.make("Pendulum-v1")
+    uset = envs.uncertainty_set("pendulum-2d")
+    weights = jnp.array([-2.0, 0.5, -0.5])
+    values, key = jnp.array([[1.2, 0.9]]), jax.random.PRNGKey(6)
+    stateless = envs.make_model_evaluator(env, params, uset, linear_policy, num_steps=30)(weights, values, key)
+    # The same policy carrying a step counter; then one that pushes for its first 10 steps only.
+    counting = lambda w, obs, count: (linear_policy(w, obs), count + 1)  # noqa: E731
+    same = envs.make_model_evaluator(env, params, uset, counting, 30, policy_init=lambda w, obs: 0)
+    np.testing.assert_allclose(same(weights, values, key), stateless, rtol=1e-6)
+    push_first = lambda w, obs, count: (jnp.where(count < 10, 2.0, 0.0)[None], count + 1)  # noqa: E731
+    returns = envs.make_model_evaluator(env, params, uset, push_first, 30, policy_init=lambda w, obs: 0)(
+        weights, values, key)
+    p = uset.apply(env, params, values[0]).replace(max_steps_in_episode=30)
+    key_reset, key_steps = jax.random.split(jax.random.split(key, 1)[0])
+    obs, state = env.reset(key_reset, p)
+    total = 0.0
+    for t, step_key in enumerate(jax.random.split(key_steps, 30)):
+        obs, state, reward, *_ = env.step(step_key, state, jnp.array([2.0 if t < 10 else 0.0]), p)
+        total += float(reward)
+    np.testing.assert_allclose(returns[0], total, rtol=1e-5)
+
+
 def test_domain_randomization_resamples_at_every_reset():
     env, params = envs.make("Pendulum-v1")
     params = params.replace(max_steps_in_episode=5)
@@ -273,7 +296,7 @@ def test_brax_heavier_cart_accelerates_less(cartpole3d):
     velocity = lambda values: float(  # noqa: E731
         one_step(envs.with_dynamics(env, params, values), jnp.ones(1), jnp.zeros(2), key)[0]
     )
-    light, nominal, heavy = velocity({"cart_mass": 2.0}), velocity({"cart_mass": 10.471975}), velocity({"cart_mass": 11.0})
+    light, nominal, heavy = (velocity({"cart_mass": m}) for m in (2.0, 10.471975, 11.0))
     assert light > nominal > heavy > 0
     # The full motor push on cart + pole: a lighter system gains more speed (roughly ~1/mass).
     assert light / heavy > 1.5
