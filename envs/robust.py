@@ -309,7 +309,8 @@ class DomainRandomization(Wrapper):
     """Draw the model uniformly from `uncertainty_set` at every reset and auto-reset; the episode keeps it.
 
     `info["dynamics"]` holds the values of the episode each step belongs to (before any reset). On an
-    auto-reset the episode is restarted with the new model (a second reset, a few % of a brax step).
+    auto-reset the episode is restarted with the new model: a second reset, so that the physics state's
+    derived terms (mass matrix, ...) belong to the new model (hopper: +38% flops, 5-10% time per step).
     """
 
     def __init__(self, env, uncertainty_set: UncertaintySet):
