@@ -4,11 +4,32 @@
     env, env_params = envs.make("CartPole-v1")          # or "Breakout-MinAtar", "brax/hopper", ...
     env = envs.EpisodeStatistics(envs.FlattenObservation(env))
 
+Robust RL (envs/robust.py, envs/adversary.py): physical parameters in the env params, uncertainty sets,
+domain randomization, grid evaluation, and a two-player adversarial-force wrapper:
+
+    uset = envs.uncertainty_set("hopper-2d")
+    env, env_params = envs.make(uset.env_id)
+    params = envs.with_dynamics(env, env_params, {"friction": 0.5, "torso_mass": 2.0})
+    two_player = envs.AdversarialForces(env)   # step(key, state, (action, adversary_action), params)
+
 This package is the only place that knows how an environment library works.
 """
 
+from envs.adversary import DEFAULT_ADVERSARY, AdversarialForces
 from envs.normalization import AddTimeFeature, NormalizeObservation, RunningMeanStd, ScaleReward
 from envs.registry import check_env_id, known_env_ids, make
+from envs.robust import (
+    UNCERTAINTY_SETS,
+    DomainRandomization,
+    GridEvaluation,
+    UncertaintySet,
+    evaluate_grid,
+    make_grid_evaluator,
+    make_model_evaluator,
+    nominal_dynamics,
+    uncertainty_set,
+    with_dynamics,
+)
 from envs.spaces import require_continuous_actions, require_discrete_actions
 from envs.wrappers import (
     ClipAction,
@@ -21,18 +42,30 @@ from envs.wrappers import (
 
 __all__ = [
     "AddTimeFeature",
+    "AdversarialForces",
+    "ClipAction",
+    "DEFAULT_ADVERSARY",
+    "DomainRandomization",
+    "EpisodeStatistics",
+    "FlattenObservation",
+    "GridEvaluation",
     "NormalizeObservation",
     "RunningMeanStd",
     "ScaleReward",
-    "ClipAction",
-    "EpisodeStatistics",
-    "FlattenObservation",
     "StickyActions",
+    "UNCERTAINTY_SETS",
+    "UncertaintySet",
     "Wrapper",
     "check_env_id",
+    "evaluate_grid",
     "known_env_ids",
     "make",
+    "make_grid_evaluator",
+    "make_model_evaluator",
     "mean_over_finished",
+    "nominal_dynamics",
     "require_continuous_actions",
     "require_discrete_actions",
+    "uncertainty_set",
+    "with_dynamics",
 ]
