@@ -7,12 +7,14 @@
 This package is the only place that knows how an environment library works.
 """
 
+from envs.combination_lock import CombinationLock
 from envs.registry import check_env_id, known_env_ids, make
 from envs.spaces import require_continuous_actions, require_discrete_actions
 from envs.wrappers import (
     ClipAction,
     EpisodeStatistics,
     FlattenObservation,
+    HorizonCap,
     StickyActions,
     Wrapper,
     mean_over_finished,
@@ -20,8 +22,10 @@ from envs.wrappers import (
 
 __all__ = [
     "ClipAction",
+    "CombinationLock",
     "EpisodeStatistics",
     "FlattenObservation",
+    "HorizonCap",
     "StickyActions",
     "Wrapper",
     "check_env_id",
