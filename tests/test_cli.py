@@ -16,6 +16,7 @@ TINY = {
     "pqn": ["--total-timesteps", "4096", "--num-evals", "1"],
     "sac": ["--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "32", "--hidden-size", "32",
             "--num-evals", "1"],
+    "sqirl": ["--horizon", "3", "--episodes-per-iteration", "8", "--num-epochs", "2", "--num-evals", "1"],
 }
 
 
