@@ -246,7 +246,7 @@ def plot(rows: list[dict], args, path: Path, same: float, correlation: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="env ids (long episodes need /horizon<H>)")
-    parser.add_argument("--total-timesteps", type=int, default=200_000, help="env-step budget per seed, both algorithms")
+    parser.add_argument("--total-timesteps", type=int, default=500_000, help="env-step budget per seed, both algorithms")
     parser.add_argument("--num-seeds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--success-fraction", type=float, default=0.8)

@@ -230,3 +230,42 @@ def test_cartpole_learns(tmp_path):
     summary = sqirl.main(["--preset", "cartpole", "--num-seeds", "2", "--quiet", "--run-dir", str(tmp_path / "cp")])
     assert min(summary["final_return"]) >= 180, summary["final_return"]
     assert summary["env_steps"] <= 500_000 + 16 * 200
+
+
+# ----------------------------------------------------------------------------------------------------
+# scripts/effective_horizon.py: scoring and outputs (no training)
+
+
+def test_effective_horizon_scoring(tmp_path):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "effective_horizon.py"
+    spec = importlib.util.spec_from_file_location("effective_horizon", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.horizon_of("CombinationLock-H5") == 5 and script.horizon_of("CartPole-v1/horizon200") == 200
+    assert np.isclose(script.known_best_return("CombinationLock-H4"), 0.7)
+    assert script.known_best_return("Breakout-MinAtar/horizon100") is None
+    with pytest.raises(SystemExit, match="Breakout-MinAtar/horizon200"):
+        script.horizon_of("Breakout-MinAtar")
+    rows = [  # both solve / only PQN / neither beats random (observed best)
+        {"env_id": "a", "random_return": 0.0, "known_best": 1.0, "sqirl_returns": [0.9, 1.0], "pqn_returns": [1.0, 1.0]},
+        {"env_id": "b", "random_return": -1.0, "known_best": None, "sqirl_returns": [-0.5], "pqn_returns": [3.0]},
+        {"env_id": "c", "random_return": -5.0, "known_best": None, "sqirl_returns": [-5.0], "pqn_returns": [-5.0]},
+    ]
+    rows = script.score(rows, 0.8)
+    assert np.isclose(rows[0]["sqirl_normalized"], 0.95) and rows[0]["sqirl_success"] and rows[0]["pqn_success"]
+    assert rows[1]["best_source"] == "observed" and np.isclose(rows[1]["sqirl_normalized"], 0.5 / 4.0)
+    assert not rows[1]["sqirl_success"] and rows[1]["pqn_success"]
+    assert not rows[2]["sqirl_success"] and not rows[2]["pqn_success"]
+    same, _ = script.agreement(rows)
+    assert np.isclose(same, 2 / 3)
+    for i, row in enumerate(rows):
+        row.update(env_id=f"env{i}", horizon=5, sqirl_num_heads=2, sqirl_env_steps=10, pqn_env_steps=10)
+    args = argparse.Namespace(total_timesteps=10, num_seeds=1, success_fraction=0.8)
+    table = script.write_outputs(rows, args, tmp_path)
+    assert "Agreement: 67% of 3 envs" in table and "| env1 |" in table
+    for name in ["effective_horizon.csv", "effective_horizon.md", "effective_horizon.png"]:
+        assert (tmp_path / name).stat().st_size > 0
