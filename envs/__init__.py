@@ -16,6 +16,7 @@ This package is the only place that knows how an environment library works.
 """
 
 from envs.adversary import DEFAULT_ADVERSARY, AdversarialForces
+from envs.combination_lock import CombinationLock
 from envs.normalization import AddTimeFeature, NormalizeObservation, RunningMeanStd, ScaleReward
 from envs.registry import check_env_id, known_env_ids, make
 from envs.robust import (
@@ -35,6 +36,7 @@ from envs.wrappers import (
     ClipAction,
     EpisodeStatistics,
     FlattenObservation,
+    HorizonCap,
     StickyActions,
     Wrapper,
     mean_over_finished,
@@ -44,11 +46,13 @@ __all__ = [
     "AddTimeFeature",
     "AdversarialForces",
     "ClipAction",
+    "CombinationLock",
     "DEFAULT_ADVERSARY",
     "DomainRandomization",
     "EpisodeStatistics",
     "FlattenObservation",
     "GridEvaluation",
+    "HorizonCap",
     "NormalizeObservation",
     "RunningMeanStd",
     "ScaleReward",

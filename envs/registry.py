@@ -8,6 +8,9 @@ Every environment comes back with the gymnax 1.x interface:
 with auto-reset inside `step` (the returned `obs` is the first observation of the next episode when an
 episode ended) and `info["final_observation"]`, the true last observation of the episode that ended,
 for bootstrapping at a time limit.
+
+`<id>/horizon<H>` (e.g. `CartPole-v1/horizon200`) is the env `<id>` with every episode cut at H steps
+(`envs.HorizonCap`), for finite-horizon comparisons such as scripts/effective_horizon.py.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ import difflib
 
 import gymnax
 
+from envs.combination_lock import LOCK_PREFIX, lock_ids, make_lock
+from envs.wrappers import HorizonCap
+
 BRAX_PREFIX = "brax/"
+HORIZON_SUFFIX = "/horizon"
 # brax's environment names (brax 0.14); listed here so that an unknown id is caught without importing brax.
 BRAX_ENV_NAMES = (
     "ant",
@@ -38,12 +45,28 @@ LOCAL_ENV_IDS = ("RandomWalk-v0",)
 
 
 def known_env_ids() -> list[str]:
-    """Every id `make` accepts: gymnax's registered ids, `brax/<name>` and this package's own."""
-    return list(gymnax.registered_envs) + [BRAX_PREFIX + name for name in BRAX_ENV_NAMES] + list(LOCAL_ENV_IDS)
+    """Every id `make` accepts: gymnax's registered ids, `brax/<name>`, this package's own (RandomWalk-v0 and
+    the combination locks); any of them may also take a `/horizon<H>` suffix."""
+    return (list(gymnax.registered_envs) + [BRAX_PREFIX + name for name in BRAX_ENV_NAMES] + list(LOCAL_ENV_IDS)
+            + lock_ids())
+
+
+def split_horizon(env_id: str) -> tuple[str, int | None]:
+    """`"CartPole-v1/horizon200"` -> `("CartPole-v1", 200)`; an id without the suffix -> `(env_id, None)`."""
+    base, sep, horizon = env_id.rpartition(HORIZON_SUFFIX)
+    if not sep:
+        return env_id, None
+    if not horizon.isdigit() or int(horizon) < 1:
+        raise ValueError(
+            f"Bad horizon in {env_id!r}: write {base}{HORIZON_SUFFIX}<H> with an integer H >= 1, e.g. "
+            f"{base}{HORIZON_SUFFIX}200."
+        )
+    return base, int(horizon)
 
 
 def check_env_id(env_id: str) -> None:
     """Raise a ValueError naming the closest known ids when `env_id` is not one of them."""
+    env_id, _ = split_horizon(env_id)
     known = known_env_ids()
     if env_id in known:
         return
@@ -62,8 +85,15 @@ def make(env_id: str, **kwargs):
     brax ids (`brax/hopper`, ...) take `backend` (`generalized` default, `mjx`, `positional`, `spring`),
     `episode_length` (1000 default) and any keyword of the brax environment's constructor.
     `RandomWalk-v0` (envs/random_walk.py) takes `num_states` (19 default).
+    `CombinationLock-H<n>` takes `num_actions`. A `/horizon<H>` suffix caps episodes at H steps.
     """
     check_env_id(env_id)
+    env_id, horizon = split_horizon(env_id)
+    if horizon is not None:
+        env, env_params = make(env_id, **kwargs)
+        return HorizonCap(env, horizon), env_params
+    if env_id.startswith(LOCK_PREFIX):
+        return make_lock(env_id, **kwargs)
     if env_id == "RandomWalk-v0":
         from envs.random_walk import RandomWalk
 

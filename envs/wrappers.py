@@ -134,3 +134,45 @@ class StickyActions(Wrapper):
         done = jnp.logical_or(terminated, truncated)
         last_action = jnp.where(done, 0, executed)
         return obs, StickyActionsState(env_state, last_action), reward, terminated, truncated, info
+
+
+@struct.dataclass
+class HorizonCapState:
+    env_state: Any
+    step_count: jax.Array  # steps taken in the current episode
+
+
+class HorizonCap(Wrapper):
+    """End every episode after at most `horizon` steps (a time limit: `truncated`, never `terminated`).
+
+    Works on any env of the common interface (gymnax, brax, the combination locks): where the cap ends an
+    episode that the env itself did not end, the wrapper resets the env, returns the new episode's first
+    observation and puts the observation reached in `info["final_observation"]`, as gymnax does at its
+    own time limit. `envs.make("<id>/horizon<H>")` returns an env with this wrapper outermost.
+    """
+
+    def __init__(self, env, horizon: int):
+        super().__init__(env)
+        if int(horizon) < 1:
+            raise ValueError(f"horizon must be at least 1, got {horizon}.")
+        self.horizon = int(horizon)
+
+    def reset(self, key, params=None):
+        obs, env_state = self._env.reset(key, params)
+        return obs, HorizonCapState(env_state, jnp.int32(0))
+
+    def step(self, key, state, action, params=None):
+        key_step, key_reset = jax.random.split(key)
+        obs, env_state, reward, terminated, truncated, info = self._env.step(
+            key_step, state.env_state, action, params
+        )
+        step_count = state.step_count + 1
+        ended = jnp.logical_or(terminated, truncated)
+        cap = jnp.logical_and(step_count >= self.horizon, ~ended)
+        reset_obs, reset_state = self._env.reset(key_reset, params)
+        info = {**info, "final_observation": jnp.where(cap, obs, info["final_observation"])}
+        obs = jnp.where(cap, reset_obs, obs)
+        env_state = jax.tree.map(lambda r, s: jnp.where(cap, r, s), reset_state, env_state)
+        truncated = jnp.logical_or(truncated, cap)
+        step_count = jnp.where(jnp.logical_or(ended, cap), 0, step_count)
+        return obs, HorizonCapState(env_state, step_count), reward, terminated, truncated, info

@@ -3,6 +3,7 @@
     python scripts/benchmark.py pqn --preset cartpole
     python scripts/benchmark.py pqn --preset cartpole --num-seeds 4
     python scripts/benchmark.py pqn --preset minatar --total-timesteps 1000000
+    python scripts/benchmark.py sqirl --preset cartpole
 
 Reports compile seconds, training env steps/s (all seeds together, compile excluded), peak memory, and,
 measured in the same process, the throughput of a uniformly random policy on the same environment with
@@ -69,14 +70,17 @@ def main() -> None:
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     train = runlog.vmap_seeds(module.make_train(config))
     t0 = time.perf_counter()
-    (_, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
+    outputs, compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
+    metrics = outputs[-1]  # train returns (..., metrics)
     env_steps = int(metrics["env_steps"][0, -1])
     train_memory = runlog.peak_memory_mb()
     training = env_steps * config.num_seeds / train_seconds
 
     # RANDOM-POLICY THROUGHPUT OF THE SAME ENV, SAME NUMBER OF ENVS
     env, env_params, *_ = module.make_env(config)
-    num_envs = getattr(config, "num_envs", 1) * config.num_seeds  # streaming learners: one env each
+    # Streaming learners step one env each; SQIRL runs its m episodes of an iteration in parallel.
+    num_envs_per_seed = getattr(config, "num_envs", None) or getattr(config, "episodes_per_iteration", 1)
+    num_envs = num_envs_per_seed * config.num_seeds
     random_steps = max(min(env_steps * config.num_seeds // num_envs, 20_000), 100)
     random = random_policy_steps_per_second(env, env_params, num_envs, random_steps)
 
@@ -85,7 +89,7 @@ def main() -> None:
         "preset": config.preset,
         "env_id": config.env_id,
         "num_seeds": config.num_seeds,
-        "num_envs": getattr(config, "num_envs", 1),
+        "num_envs": num_envs_per_seed,
         "env_steps_per_seed": env_steps,
         "compile_seconds": round(compile_seconds, 2),
         "train_seconds": round(train_seconds, 2),

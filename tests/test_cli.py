@@ -17,6 +17,7 @@ TINY = {
     "sac": ["--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "32", "--hidden-size", "32",
             "--num-evals", "1"],
     "stream_x": ["--total-timesteps", "600", "--num-log-rows", "3"],
+    "sqirl": ["--horizon", "3", "--episodes-per-iteration", "8", "--num-epochs", "2", "--num-evals", "1"],
 }
 
 
