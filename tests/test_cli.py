@@ -18,6 +18,9 @@ TINY = {
             "--num-evals", "1"],
     "stream_x": ["--total-timesteps", "600", "--num-log-rows", "3"],
     "sqirl": ["--horizon", "3", "--episodes-per-iteration", "8", "--num-epochs", "2", "--num-evals", "1"],
+    "qarl": ["--total-timesteps", "200", "--phase-steps", "20", "--learning-starts", "100", "--batch-size", "32",
+             "--hidden-size", "16", "--num-layers", "1", "--grid-points", "2", "--grid-episodes", "1", "--num-evals", "1",
+             "--num-eval-envs", "2"],
 }
 
 
