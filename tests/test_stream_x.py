@@ -209,9 +209,12 @@ def run_final(flags):
 
 @pytest.mark.slow
 def test_stream_q_learns_cartpole_within_100k_steps():
-    # 8 seeds rather than 4: single 4-seed means of stream Q on CartPole at 100k steps range from ~390 to 500
-    # (16 seeds measured: mean 450, 13 of 16 at >= 436), so the test uses the better-estimated mean.
-    final, _ = run_final(["--preset", "cartpole-q", "--total-timesteps", "100000", "--num-seeds", "8"])
+    # The claim: the mean return of 4 seeds reaches 400 within 1e5 steps. Also asserted, and stronger:
+    # the final return (last 10% of the run) averaged over 8 seeds is >= 400 (16 seeds measured: mean 450,
+    # 13 of 16 at >= 436; a single 4-seed mean of the final return ranges from ~390 to 500).
+    final, metrics = run_final(["--preset", "cartpole-q", "--total-timesteps", "100000", "--num-seeds", "8"])
+    four_seed_curve = runlog.nanmean_quiet(np.asarray(metrics["episode_return"])[:4], axis=0)
+    assert np.nanmax(four_seed_curve) >= 400, four_seed_curve
     assert final.mean() >= 400, final
 
 
