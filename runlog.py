@@ -51,6 +51,7 @@ def parse_config(config_cls, presets: dict[str, Any], args: list[str] | None = N
     """
     import tyro
 
+    init_distributed()  # before anything touches the devices; a no-op on one host
     args = list(sys.argv[1:] if args is None else args)
     preset = next(iter(presets))
     for i, arg in enumerate(args):
@@ -74,7 +75,9 @@ def run_path(config, algorithm: str) -> Path:
 
 
 def start_run(run_dir: Path, config, algorithm: str) -> None:
-    """Create the run directory and write config.json, before anything is compiled."""
+    """Create the run directory and write config.json, before anything is compiled (host 0 only)."""
+    if jax.process_index() != 0:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"algorithm": algorithm, **dataclasses.asdict(config)})
 
@@ -108,7 +111,7 @@ class Progress:
 
     def __init__(self, run_dir: Path | None, total_env_steps: int, num_seeds: int, quiet: bool = False,
                  every_seconds: float = 2.0):
-        self.path = None if run_dir is None else Path(run_dir) / "progress.csv"
+        self.path = None if run_dir is None or jax.process_index() != 0 else Path(run_dir) / "progress.csv"
         self.total_env_steps, self.num_seeds = total_env_steps, num_seeds
         self.quiet, self.every_seconds = quiet, every_seconds
         self.pending: dict[int, list[dict[str, float]]] = {}
@@ -163,8 +166,43 @@ class Progress:
 
 def seed_keys(seed: int, num_seeds: int) -> jax.Array:
     """One PRNG key per run: run i gets fold_in(PRNGKey(seed), i), whatever the number of runs, so run 0
-    of `--num-seeds 8` is the same run as `--num-seeds 1`."""
-    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(num_seeds))
+    of `--num-seeds 8` is the same run as `--num-seeds 1`.
+
+    With several devices visible (GPUs, TPU cores, or `XLA_FLAGS=--xla_force_host_platform_device_count=N`
+    on a CPU), the keys are sharded over them along the seed axis (`shard_seeds`), so the jitted
+    `vmap(train)` runs each device's seeds on that device.
+    """
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(num_seeds))
+    return shard_seeds(keys)
+
+
+def shard_seeds(keys: jax.Array) -> jax.Array:
+    """Place the seed axis of `keys` across all devices (a 1-D Mesh named "seeds"); XLA then partitions
+    everything vmapped over it. One device, or one seed, leaves the keys where they are."""
+    devices = jax.devices()
+    num_seeds = keys.shape[0]
+    if len(devices) == 1 or num_seeds == 1:
+        return keys
+    if num_seeds % len(devices):
+        raise ValueError(
+            f"--num-seeds {num_seeds} does not divide over the {len(devices)} visible devices: use a multiple "
+            f"of {len(devices)}, or limit the devices (CUDA_VISIBLE_DEVICES=0, or JAX_PLATFORMS=cpu)."
+        )
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("seeds",))
+    return jax.device_put(keys, NamedSharding(mesh, PartitionSpec("seeds")))
+
+
+def init_distributed() -> None:
+    """`jax.distributed.initialize()` when a multi-host launcher set its environment (SLURM, Open MPI, TPU
+    pod slices, or JAX_COORDINATOR_ADDRESS); a no-op on one host. Then `jax.devices()` lists the devices of
+    every host and `seed_keys` shards the seeds over all of them."""
+    launched = any(name in os.environ for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                                                   "TPU_WORKER_HOSTNAMES"))
+    multi_task = int(os.environ.get("SLURM_NTASKS", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
+    if launched and (multi_task or "JAX_COORDINATOR_ADDRESS" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ):
+        jax.distributed.initialize()
 
 
 def vmap_seeds(train: Callable) -> Callable:
@@ -330,7 +368,14 @@ def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], f
                checkpoint: Any, compile_seconds: float, train_seconds: float, curve_key: str = "episode_return",
                eval_key: str = "eval_return", extra_summary: dict[str, Any] | None = None,
                curve_label: str = "episode return") -> dict[str, Any]:
-    """Write everything a run produces; return the summary. Files come first, checks after."""
+    """Write everything a run produces; return the summary. Files come first, checks after.
+
+    On several hosts every host gathers the seeds of all hosts, and only host 0 writes files."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        metrics, final_return, checkpoint = multihost_utils.process_allgather((metrics, final_return, checkpoint),
+                                                                               tiled=True)
     metrics = {k: np.asarray(v) for k, v in metrics.items()}
     env_steps_per_seed = int(metrics["env_steps"][0, -1])
     summary = {
@@ -347,6 +392,8 @@ def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], f
         "backend": jax.default_backend(),
         **(extra_summary or {}),
     }
+    if jax.process_index() != 0:
+        return summary
     write_metrics(run_dir, metrics)
     save_checkpoint(Path(run_dir) / "checkpoint.msgpack", checkpoint)
     write_json(Path(run_dir) / "summary.json", summary)

@@ -1,0 +1,70 @@
+"""Seeds sharded over several devices give the same results as on one device, for every algorithm file.
+
+Runs each algorithm at a tiny size with 4 seeds twice, in fresh processes: once on one CPU device, once with
+XLA_FLAGS=--xla_force_host_platform_device_count=4 (the keys, hence the seeds, split over 4 devices).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_cli import ALGORITHMS, ROOT, TINY
+
+RUN_ALL = """
+import json, sys
+import jax, numpy as np
+import runlog
+from importlib import import_module
+
+tiny = json.loads(sys.argv[1])
+out = {}
+for name, flags in tiny.items():
+    module = import_module(f"algorithms.{name}")
+    config = runlog.parse_config(module.Config, module.PRESETS, [*flags, "--num-seeds", "4", "--quiet"])
+    keys = runlog.seed_keys(0, 4)
+    _, metrics = jax.jit(runlog.vmap_seeds(module.make_train(config)))(keys)[:2]
+    first = jax.tree.leaves(metrics)[0]
+    flat = jax.tree_util.tree_flatten_with_path(metrics)[0]
+    out[name] = {"devices": len(first.sharding.device_set),
+                 "metrics": {jax.tree_util.keystr(path): np.asarray(v, float).tolist() for path, v in flat}}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def run_all(device_count: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}")
+    result = subprocess.run([sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in ALGORITHMS})],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.split("RESULT", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_all(1), run_all(4)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_sharded_seeds_match_one_device(results, name):
+    one, four = results[0][name], results[1][name]
+    assert one["devices"] == 1 and four["devices"] == 4  # the outputs really live on 4 devices
+    for key, values in one["metrics"].items():
+        np.testing.assert_allclose(np.asarray(four["metrics"][key], float), np.asarray(values, float), rtol=1e-5,
+                                   atol=1e-5, equal_nan=True, err_msg=f"{name}: {key}")
+
+
+def test_seed_count_that_does_not_divide_the_devices_fails_with_the_fix():
+    code = "import runlog; runlog.seed_keys(0, 6)"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "use a multiple of 4" in result.stderr
+
+
+def test_readme_explains_multi_host_and_gpu_memory():
+    readme = (Path(ROOT) / "README.md").read_text()
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" in readme and "jax.distributed" in readme
