@@ -517,7 +517,8 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
 
 
 def cmaes_search(evaluate: Callable, uset, key, config: Config):
-    """CMA-ES (evosax) over z in [0, 1]^d minimizing evaluate(values (P, d)) -> (P,); returns (values, value)."""
+    """CMA-ES (evosax) over z in [0, 1]^d minimizing evaluate(values (P, d)) -> (P,); returns (values, value).
+    `evaluate` has its initial states fixed (common random numbers): every generation sees the same ones."""
     from evosax.algorithms import CMA_ES
 
     strategy = CMA_ES(population_size=config.cmaes_population, solution=jnp.zeros(uset.dim))
@@ -527,10 +528,10 @@ def cmaes_search(evaluate: Callable, uset, key, config: Config):
 
     def generation(carry, key):
         state, best_z, best_value = carry
-        key_ask, key_eval, key_tell = jax.random.split(key, 3)
+        key_ask, key_tell = jax.random.split(key)
         z, state = strategy.ask(key_ask, state, params)
         z = jnp.clip(z, 0.0, 1.0)  # evaluate (and tell) the clipped candidates: the set is the box
-        fitness = evaluate(uset.from_normalized(z), key_eval)
+        fitness = evaluate(uset.from_normalized(z))
         state, _ = strategy.tell(key_tell, z, fitness, state, params)
         i = jnp.argmin(fitness)
         better = fitness[i] < best_value
@@ -544,7 +545,7 @@ def cmaes_search(evaluate: Callable, uset, key, config: Config):
 def grid_search(evaluate: Callable, uset, key, config: Config):
     """IWOCS*: every point of the grid in one call; returns (values, value) of the worst."""
     flat = uset.grid(config.search_grid_per_axis).reshape(-1, uset.dim)
-    returns = evaluate(flat, key)
+    returns = evaluate(flat)
     return flat[jnp.argmin(returns)], returns.min()
 
 
@@ -605,11 +606,13 @@ def make_pieces(config: Config) -> Pieces:
     searcher = cmaes_search if config.search == "cmaes" else grid_search
 
     def search(bank, key):
-        return searcher(lambda values, k: values_discounted(bank, values, k), uset, key, config)
+        key_search, key_states = jax.random.split(key)  # key_states: the initial states, as in robust_q_at_start
+        return searcher(lambda values: values_discounted(bank, values, key_states), uset, key_search, config)
 
     def robust_q_at_start(bank, values, key):
         """Q_i(s0, π_i(s0)) averaged over the initial states the evaluator used for this key (envs/robust.py
         draws episode e's reset key as split(split(key, E)[e])[0])."""
+        key = jax.random.split(key)[1]  # the search's key_states
         params = uset.apply(base, env_params, values)
         starts = jax.vmap(lambda k: base.reset(jax.random.split(k)[0], params)[0])(
             jax.random.split(key, config.search_episodes))
@@ -617,7 +620,7 @@ def make_pieces(config: Config) -> Pieces:
         return q.mean()
 
     def model_return(bank, values, key):
-        return returns_undiscounted(bank, values[None], key)[0]
+        return returns_undiscounted(bank, values[None], jax.random.split(key)[1])[0]
 
     grid_robust = envs.make_grid_evaluator(base, env_params, uset, robust_policy, config.eval_grid_per_axis,
                                            episode_steps, 1, init)
