@@ -757,9 +757,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
              "DR (IWOCS's fallback)": pieces.grid_plain(fallback, eval_key)}
     if config.baselines:
-        quiet_progress = runlog.Progress(None, total_steps, config.num_seeds, config.quiet, every_seconds=10.0)
         for name, randomize, salt in (("DR SAC", True, 500), ("nominal SAC", False, 501)):
             say(f"baseline: {name}, {total_steps:,} steps")
+            quiet_progress = runlog.Progress(None, total_steps, config.num_seeds, config.quiet, every_seconds=10.0)
             train = jax.jit(jax.vmap(make_sac(config, total_steps, randomize, quiet_progress), in_axes=(0, None, None)))
             agents, _ = train(jax.vmap(lambda k: jax.random.fold_in(k, salt))(keys), nominal, 0)
             grids[name] = pieces.grid_plain(agents, eval_key)
