@@ -660,8 +660,11 @@ def write_results(run_dir, uset, grids: dict[str, Any]) -> dict[str, Any]:
         table[method] = {"worst_mean": float(worst.mean()), "worst_std": float(worst.std()),
                          "average_mean": float(average.mean()), "average_std": float(average.std()),
                          "worst_per_seed": worst.tolist(), "average_per_seed": average.tolist(),
-                         "worst_values_per_seed": np.asarray(grid.worst_values).tolist()}
-    runlog.write_json(run_dir / "results.json", {"uncertainty_set": uset.name, "names": uset.names, "methods": table})
+                         "worst_values_per_seed": np.asarray(grid.worst_values).tolist(),
+                         "grid_returns_per_seed": np.asarray(grid.returns).tolist()}
+    runlog.write_json(run_dir / "results.json", {"uncertainty_set": uset.name, "names": uset.names,
+                                                 "grid": np.asarray(next(iter(grids.values())).values)[0].tolist(),
+                                                 "methods": table})
     lines = [f"| method ({uset.name}, {len(next(iter(grids.values())).worst)} seeds) | worst case | average |",
              "|---|---|---|"]
     lines += [f"| {m} | {t['worst_mean']:.1f} ± {t['worst_std']:.1f} | {t['average_mean']:.1f} ± {t['average_std']:.1f} |"
@@ -673,8 +676,8 @@ def write_results(run_dir, uset, grids: dict[str, Any]) -> dict[str, Any]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 3.6), dpi=100, squeeze=False)
-        grid_values = np.asarray(next(iter(grids.values())).values)[0]
+        fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids) + 1, 3.4), dpi=100, squeeze=False,
+                                 constrained_layout=True)
         extent = [uset.low[1], uset.high[1], uset.low[0], uset.high[0]]
         all_returns = np.stack([np.asarray(g.returns).mean(0) for g in grids.values()])
         for ax, (method, grid) in zip(axes[0], grids.items()):
@@ -685,7 +688,6 @@ def write_results(run_dir, uset, grids: dict[str, Any]) -> dict[str, Any]:
         fig.colorbar(image, ax=axes[0].tolist(), label="return (mean over seeds)")
         fig.savefig(run_dir / "heatmap.png")
         plt.close(fig)
-        del grid_values
     return table
 
 
