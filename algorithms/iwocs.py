@@ -37,8 +37,8 @@ Choices where the paper is silent:
   tight on the pendulum: models a little off a trained one were judged invalid and the weak DR fallback
   acted (measured: IWOCS worst case -1419 vs DR SAC -1341 at 24k steps).
 - At the first step of an episode there is no previous transition: every model is valid.
-- The search minimizes the discounted return from the start (V(s0), one episode per candidate, the same
-  initial states for all candidates); candidates outside [0, 1]^d are clipped. The robust Q at s0 is
+- The search minimizes the discounted return from the start (V(s0), `search_episodes` episodes per
+  candidate, the same initial states for all candidates); candidates outside [0, 1]^d are clipped. The robust Q at s0 is
   averaged over the same initial states. Evaluations use deterministic actions tanh(μ).
 - Seeds run together (vmapped); a seed that has stopped adds no more models, and the loop ends when all
   seeds have stopped or after M iterations.
