@@ -13,6 +13,9 @@ ALGORITHMS = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py") if p.stem
 
 # A few seconds of training per algorithm; a new algorithm file must add its entry here.
 TINY = {
+    "iwocs": ["--total-timesteps", "1200", "--learning-starts", "100", "--batch-size", "32", "--hidden-size", "16",
+              "--max-iterations", "1", "--cmaes-generations", "2", "--cmaes-population", "6", "--search-episodes", "1",
+              "--eval-grid-per-axis", "2", "--no-baselines"],
     "pqn": ["--total-timesteps", "4096", "--num-evals", "1"],
     "sac": ["--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "32", "--hidden-size", "32",
             "--num-evals", "1"],
