@@ -2,6 +2,8 @@
 
 Runs each algorithm at a tiny size with 4 seeds twice, in fresh processes: once on one CPU device, once with
 XLA_FLAGS=--xla_force_host_platform_device_count=4 (the keys, hence the seeds, split over 4 devices).
+IWOCS has no single `train` (its outer loop is Python); its whole `main` runs both ways and the summaries
+are compared.
 """
 
 import json
@@ -25,6 +27,14 @@ tiny = json.loads(sys.argv[1])
 out = {}
 for name, flags in tiny.items():
     module = import_module(f"algorithms.{name}")
+    if not hasattr(module, "make_train"):  # IWOCS: compare the whole run's summary
+        import tempfile
+        with tempfile.TemporaryDirectory() as run_dir:
+            summary = module.main([*flags, "--num-seeds", "4", "--quiet", "--run-dir", run_dir])
+        numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float, list)) and "second" not in k
+                   and "memory" not in k}
+        out[name] = {"devices": len(jax.devices()), "metrics": json.loads(json.dumps(numbers, default=float))}
+        continue
     config = runlog.parse_config(module.Config, module.PRESETS, [*flags, "--num-seeds", "4", "--quiet"])
     keys = runlog.seed_keys(0, 4)
     _, metrics = jax.jit(runlog.vmap_seeds(module.make_train(config)))(keys)[:2]
