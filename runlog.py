@@ -401,3 +401,36 @@ def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], f
                f"{algorithm} on {config.env_id} ({config.preset} preset)", metrics.get(eval_key), ylabel=curve_label)
     log_trackers(run_dir, config, metrics)
     return summary
+
+
+def write_grid(run_dir: Path, uset, values: np.ndarray, returns: np.ndarray, title: str):
+    """grid.csv (one row per model: parameters, then the return of every seed) and grid.png (mean over
+    seeds; 2-D sets as a heatmap, 1-D as a curve). `uset` is an envs.UncertaintySet (names, low, high,
+    nominal, dim); `returns` is [seeds, *grid shape]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    flat_values = values.reshape(-1, uset.dim)
+    flat_returns = returns.reshape(returns.shape[0], -1)
+    with open(run_dir / "grid.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*uset.names, *(f"return_seed{i}" for i in range(returns.shape[0]))])
+        writer.writerows([*v, *r] for v, r in zip(flat_values.tolist(), flat_returns.T.tolist()))
+    mean = returns.mean(0)
+    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=100)
+    if uset.dim == 2:
+        image = ax.imshow(mean.T, origin="lower", aspect="auto", cmap="viridis",
+                          extent=(uset.low[0], uset.high[0], uset.low[1], uset.high[1]))
+        fig.colorbar(image, ax=ax, label=f"return (mean of {returns.shape[0]} seeds)")
+        ax.plot(*uset.nominal, "w*", ms=10, label="nominal")
+        ax.set(xlabel=uset.names[0], ylabel=uset.names[1])
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.plot(values.reshape(-1, uset.dim)[:, 0], mean.reshape(-1), "o-")
+        ax.set(xlabel=uset.names[0], ylabel="return")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(run_dir / "grid.png")
+    plt.close(fig)

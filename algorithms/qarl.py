@@ -51,9 +51,7 @@ Choices where the paper and the reference sheet are silent:
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
 import distrax
@@ -655,38 +653,6 @@ def make_grid_evaluation(config: Config) -> tuple[envs.UncertaintySet, Callable]
     return uset, evaluator
 
 
-def write_grid(run_dir: Path, uset: envs.UncertaintySet, values: np.ndarray, returns: np.ndarray, title: str):
-    """grid.csv (one row per model: parameters, then the return of every seed) and grid.png (mean over
-    seeds; 2-D sets as a heatmap, 1-D as a curve)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    flat_values = values.reshape(-1, uset.dim)
-    flat_returns = returns.reshape(returns.shape[0], -1)
-    with open(run_dir / "grid.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*uset.names, *(f"return_seed{i}" for i in range(returns.shape[0]))])
-        writer.writerows([*v, *r] for v, r in zip(flat_values.tolist(), flat_returns.T.tolist()))
-    mean = returns.mean(0)
-    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=100)
-    if uset.dim == 2:
-        image = ax.imshow(mean.T, origin="lower", aspect="auto", cmap="viridis",
-                          extent=(uset.low[0], uset.high[0], uset.low[1], uset.high[1]))
-        fig.colorbar(image, ax=ax, label=f"return (mean of {returns.shape[0]} seeds)")
-        ax.plot(*uset.nominal, "w*", ms=10, label="nominal")
-        ax.set(xlabel=uset.names[0], ylabel=uset.names[1])
-        ax.legend(loc="upper right", fontsize=8)
-    else:
-        ax.plot(values.reshape(-1, uset.dim)[:, 0], mean.reshape(-1), "o-")
-        ax.set(xlabel=uset.names[0], ylabel="return")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(run_dir / "grid.png")
-    plt.close(fig)
-
-
 def main(args: list[str] | None = None) -> dict[str, Any]:
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
@@ -707,7 +673,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     grids = [grid_evaluation(jax.tree.map(lambda x: x[seed], state.protagonist.actor), jax.random.PRNGKey(seed))
              for seed in range(config.num_seeds)]
     grid_returns = np.stack([np.asarray(g.returns) for g in grids])
-    write_grid(run_dir, uset, np.asarray(grids[0].values), grid_returns,
+    runlog.write_grid(run_dir, uset, np.asarray(grids[0].values), grid_returns,
                f"QARL {config.adversary == 'on' and config.curriculum or 'off'} on {config.env_id}: "
                f"{uset.name} ({config.num_seeds} seeds, {sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
     summary = runlog.finish_run(
