@@ -131,7 +131,7 @@ def bar_panel(ax, names, finals, colors, ylabel="final return"):
 def figure_caption(figure, scale: str, seeds: int, envs: list[str]) -> str:
     designed = figure.seeds[scale]
     seed_text = f"{seeds} seeds" + (f" (fewer than the {designed} designed)" if seeds < designed else "")
-    scale_text = {"cpu": "CPU scale (shortened from the paper's budget)", "full": "full scale (paper's budget)",
+    scale_text = {"cpu": "CPU scale (sized for a 2-core CPU)", "full": "full scale (paper's budget)",
                   "tiny": "tiny scale (test only)"}[scale]
     note = figure.note.get(scale)
     return (f"{figure.title} [{figure.algorithm}.py] | {', '.join(dict.fromkeys(envs))}\n"
@@ -148,13 +148,16 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
         extra = 1 if len(panels) > 1 else 0
         cols = min(3, len(panels) + extra)
         rows = -(-(len(panels) + extra) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.6), dpi=80, squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 4.2 * cols), 3.0 * rows + 0.8), dpi=80, squeeze=False)
         axes = axes.ravel()
         for i, env in enumerate(panels):
             ax = axes[i]
             for j, (run, run_dir) in enumerate([r for r in runs if r[0].env == env]):
                 steps, values = binned_curve(*read_metrics(run_dir, figure.curve_key))
                 curve_panel(ax, steps, values[:seeds], run.label, colors[j % len(colors)])
+            if env in figure.reference:
+                value, source = figure.reference[env]
+                ax.axhline(value, color="gray", ls="--", lw=1, label=source)
             ax.set_title(env, fontsize=9)
             ax.set_xlabel("env steps per seed", fontsize=8)
             ax.set_ylabel(figure.curve_key.replace("_", " "), fontsize=8)
@@ -173,7 +176,7 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
         for run, run_dir in runs:
             n, k = int(run.env.rsplit("H", 1)[1]), int(run.label.split("=")[1])
             table[locks.index(n), heads.index(k)] = iqm(np.array(read_summary(run_dir)["final_return"][:seeds])[:, None])
-        fig, ax = plt.subplots(figsize=(1.0 * len(heads) + 2.5, 0.7 * len(locks) + 2.0), dpi=80)
+        fig, ax = plt.subplots(figsize=(max(6.4, 1.0 * len(heads) + 2.5), 0.7 * len(locks) + 2.2), dpi=80)
         image = ax.imshow(table, cmap="viridis", aspect="auto", origin="lower")
         for (a, b), value in np.ndenumerate(table):
             ax.text(b, a, f"{value:.2f}", ha="center", va="center", fontsize=8,

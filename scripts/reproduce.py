@@ -61,6 +61,8 @@ class Figure:
     steps: dict[str, str]  # per-seed budget per scale, as written on the figure
     curve_key: str = "episode_return"  # metrics column plotted against env_steps
     note: dict[str, str] = dataclasses.field(default_factory=dict)  # per scale: what differs from the paper
+    reference: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)  # env -> (value, source),
+    # a dashed line on that env's panel (numbers from the papers / reference implementations)
 
 
 def _pick(scale: str, tiny, cpu, full):
@@ -142,23 +144,28 @@ def qarl_robustness(scale: str) -> list[Run]:
 REGISTRY: dict[str, Figure] = {f.name: f for f in [
     Figure("pqn-cartpole", "pqn", "PQN on CartPole-v1", "curves", pqn_cartpole,
            seeds={"tiny": 2, "cpu": 4, "full": 16}, steps={"tiny": "8k", "cpu": "500k", "full": "500k"},
-           curve_key="eval_return"),
+           curve_key="eval_return", note={"cpu": "the paper's full budget, which fits a CPU"},
+           reference={"CartPole-v1": (500.0, "authors: 500 (4/4 seeds)")}),
     Figure("pqn-minatar", "pqn", "PQN on MinAtar", "curves", pqn_minatar,
            seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "8k", "cpu": "1M", "full": "10M"},
            curve_key="eval_return", note={"cpu": "1M of the paper's 10M steps"}),
     Figure("sac-brax", "sac", "SAC on brax", "curves", sac_brax,
            seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k", "cpu": "50k", "full": "5M-7.9M"},
            curve_key="eval_return",
-           note={"cpu": "inverted_pendulum in place of the locomotion tasks", "tiny": "inverted_pendulum"}),
+           note={"cpu": "inverted_pendulum in place of the locomotion tasks", "tiny": "inverted_pendulum"},
+           reference={"brax/inverted_pendulum": (1000.0, "brax SAC: 1000 by ~30k steps"),
+                      "brax/hopper": (2310.0, "CleanRL SAC, MuJoCo Hopper: 2310")}),
     Figure("stream-ac-brax", "stream_x", "stream AC(λ) on brax", "curves", stream_ac_brax,
            seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "500", "cpu": "100k", "full": "2M"},
-           note={"cpu": "hopper only, 100k of the paper's 2M steps"}),
+           note={"cpu": "hopper only, 100k of the paper's 2M steps"},
+           reference={"brax/hopper": (2173.0, "paper, MuJoCo Hopper at 2M: 2173")}),
     Figure("stream-q-minatar", "stream_x", "stream Q(λ) on MinAtar", "curves", stream_q_minatar,
            seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "500", "cpu": "200k", "full": "10M"},
            note={"cpu": "200k of the paper's 10M steps"}),
     Figure("sqirl-horizon", "sqirl", "SQIRL: k heads vs the lock's effective horizon n", "horizon-heatmap",
            sqirl_horizon, seeds={"tiny": 2, "cpu": 2, "full": 8},
-           steps={"tiny": "64 ep/iter", "cpu": "1024 ep/iter", "full": "4096 ep/iter"}),
+           steps={"tiny": "64 ep/iter", "cpu": "1024 ep/iter", "full": "4096 ep/iter"},
+           note={"cpu": "m = 1024 episodes per iteration (H6 needs about 4096: the full scale)"}),
     Figure("qarl-robustness", "qarl", "QARL vs SAC: return over a grid of models", "robustness", qarl_robustness,
            seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k", "cpu": "50k", "full": "2M"},
            curve_key="eval_return", note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper"}),
