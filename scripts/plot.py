@@ -135,7 +135,7 @@ def figure_caption(figure, scale: str, seeds: int, envs: list[str]) -> str:
                   "tiny": "tiny scale (test only)"}[scale]
     note = figure.note.get(scale)
     return (f"{figure.title} [{figure.algorithm}.py] | {', '.join(dict.fromkeys(envs))}\n"
-            f"{seed_text}, {figure.steps[scale]} steps per seed, {scale_text}" + (f": {note}" if note else ""))
+            f"{seed_text}, {figure.steps[scale]} per seed, {scale_text}" + (f"\n{note}" if note else ""))
 
 
 def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
@@ -148,7 +148,7 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
         extra = 1 if len(panels) > 1 else 0
         cols = min(3, len(panels) + extra)
         rows = -(-(len(panels) + extra) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 4.2 * cols), 3.0 * rows + 0.8), dpi=80, squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 4.2 * cols), 3.0 * rows + 1.0), dpi=80, squeeze=False)
         axes = axes.ravel()
         for i, env in enumerate(panels):
             ax = axes[i]
@@ -176,12 +176,11 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
         for run, run_dir in runs:
             n, k = int(run.env.rsplit("H", 1)[1]), int(run.label.split("=")[1])
             table[locks.index(n), heads.index(k)] = iqm(np.array(read_summary(run_dir)["final_return"][:seeds])[:, None])
-        fig, ax = plt.subplots(figsize=(max(6.4, 1.0 * len(heads) + 2.5), 0.7 * len(locks) + 2.2), dpi=80)
+        fig, ax = plt.subplots(figsize=(max(6.4, 1.0 * len(heads) + 2.5), 0.7 * len(locks) + 2.4), dpi=80)
         image = ax.imshow(table, cmap="viridis", aspect="auto", origin="lower")
         for (a, b), value in np.ndenumerate(table):
             ax.text(b, a, f"{value:.2f}", ha="center", va="center", fontsize=8,
                     color="black" if value > 0.5 * np.nanmax(table) else "white")
-        ax.plot(np.arange(len(heads)), np.arange(len(heads)), alpha=0)  # keep limits
         ax.set_xticks(range(len(heads)), [f"k={k}" for k in heads])
         ax.set_yticks(range(len(locks)), [f"H{n}" for n in locks])
         ax.set(xlabel="Q heads k (fitted-Q steps)", ylabel="CombinationLock (effective horizon n)")

@@ -58,7 +58,7 @@ class Figure:
     kind: str  # plot.py layout: curves, horizon-heatmap or robustness
     runs: Callable[[str], list[Run]]  # scale -> runs
     seeds: dict[str, int]  # default seeds per scale
-    steps: dict[str, str]  # per-seed budget per scale, as written on the figure
+    steps: dict[str, str]  # per-seed budget per scale, as written on the figure ("500k steps")
     curve_key: str = "episode_return"  # metrics column plotted against env_steps
     note: dict[str, str] = dataclasses.field(default_factory=dict)  # per scale: what differs from the paper
     reference: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)  # env -> (value, source),
@@ -143,31 +143,35 @@ def qarl_robustness(scale: str) -> list[Run]:
 
 REGISTRY: dict[str, Figure] = {f.name: f for f in [
     Figure("pqn-cartpole", "pqn", "PQN on CartPole-v1", "curves", pqn_cartpole,
-           seeds={"tiny": 2, "cpu": 4, "full": 16}, steps={"tiny": "8k", "cpu": "500k", "full": "500k"},
+           seeds={"tiny": 2, "cpu": 4, "full": 16},
+           steps={"tiny": "8k steps", "cpu": "500k steps", "full": "500k steps"},
            curve_key="eval_return", note={"cpu": "the paper's full budget, which fits a CPU"},
            reference={"CartPole-v1": (500.0, "authors: 500 (4/4 seeds)")}),
     Figure("pqn-minatar", "pqn", "PQN on MinAtar", "curves", pqn_minatar,
-           seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "8k", "cpu": "1M", "full": "10M"},
+           seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "8k steps", "cpu": "1M steps", "full": "10M steps"},
            curve_key="eval_return", note={"cpu": "1M of the paper's 10M steps"}),
     Figure("sac-brax", "sac", "SAC on brax", "curves", sac_brax,
-           seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k", "cpu": "50k", "full": "5M-7.9M"},
+           seeds={"tiny": 2, "cpu": 2, "full": 5},
+           steps={"tiny": "1k steps", "cpu": "50k steps", "full": "5M-7.9M steps"},
            curve_key="eval_return",
            note={"cpu": "inverted_pendulum in place of the locomotion tasks", "tiny": "inverted_pendulum"},
            reference={"brax/inverted_pendulum": (1000.0, "brax SAC: 1000 by ~30k steps"),
                       "brax/hopper": (2310.0, "CleanRL SAC, MuJoCo Hopper: 2310")}),
     Figure("stream-ac-brax", "stream_x", "stream AC(λ) on brax", "curves", stream_ac_brax,
-           seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "500", "cpu": "100k", "full": "2M"},
+           seeds={"tiny": 2, "cpu": 2, "full": 8},
+           steps={"tiny": "500 steps", "cpu": "100k steps", "full": "2M steps"},
            note={"cpu": "hopper only, 100k of the paper's 2M steps"},
            reference={"brax/hopper": (2173.0, "paper, MuJoCo Hopper at 2M: 2173")}),
     Figure("stream-q-minatar", "stream_x", "stream Q(λ) on MinAtar", "curves", stream_q_minatar,
-           seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "500", "cpu": "200k", "full": "10M"},
+           seeds={"tiny": 2, "cpu": 2, "full": 8},
+           steps={"tiny": "500 steps", "cpu": "200k steps", "full": "10M steps"},
            note={"cpu": "200k of the paper's 10M steps"}),
     Figure("sqirl-horizon", "sqirl", "SQIRL: k heads vs the lock's effective horizon n", "horizon-heatmap",
            sqirl_horizon, seeds={"tiny": 2, "cpu": 2, "full": 8},
-           steps={"tiny": "64 ep/iter", "cpu": "1024 ep/iter", "full": "4096 ep/iter"},
-           note={"cpu": "m = 1024 episodes per iteration (H6 needs about 4096: the full scale)"}),
+           steps={"tiny": "64 episodes/iteration", "cpu": "1024 episodes/iteration", "full": "4096 episodes/iteration"},
+           note={"cpu": "H6 needs about m = 4096 episodes per iteration (the full scale)"}),
     Figure("qarl-robustness", "qarl", "QARL vs SAC: return over a grid of models", "robustness", qarl_robustness,
-           seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k", "cpu": "50k", "full": "2M"},
+           seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k steps", "cpu": "50k steps", "full": "2M steps"},
            curve_key="eval_return", note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper"}),
 ]}
 
