@@ -128,6 +128,12 @@ def bar_panel(ax, names, finals, colors, ylabel="final return"):
     ax.set_ylabel(f"{ylabel} (IQM, 95% CI)", fontsize=8)
 
 
+def _cell_edges(points: np.ndarray) -> tuple[float, float]:
+    """Outer edges of a heatmap whose cells are centred on evenly spaced grid points."""
+    half = (points[-1] - points[0]) / max(len(points) - 1, 1) / 2
+    return points[0] - half, points[-1] + half
+
+
 def figure_caption(figure, scale: str, seeds: int, envs: list[str]) -> str:
     designed = figure.seeds[scale]
     seed_text = f"{seeds} seeds" + (f" (fewer than the {designed} designed)" if seeds < designed else "")
@@ -199,7 +205,7 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
             sides = [np.unique(points[:, d]) for d in range(points.shape[1])]
             mean = returns.mean(0).reshape(*(len(s) for s in sides))
             image = ax.imshow(mean.T, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
-                              extent=(sides[0][0], sides[0][-1], sides[1][0], sides[1][-1]))
+                              extent=(*_cell_edges(sides[0]), *_cell_edges(sides[1])))
             ax.set(xlabel=names[0], ylabel=names[1])
             ax.set_title(f"{run.label}\nworst {iqm(worst[-1][:, None]):.0f}, average {iqm(average[-1][:, None]):.0f}"
                          " (IQM)", fontsize=8)
