@@ -1,0 +1,260 @@
+"""Figures across seeds: interquartile-mean curves with 95% stratified bootstrap intervals, bars, heatmaps.
+
+    python scripts/plot.py RUN_DIR [RUN_DIR ...] --key eval_return --out curve.png   # curves of finished runs
+
+scripts/reproduce.py calls `plot_figure` for a registered figure. Aggregation follows rliable (Agarwal et
+al. 2021): the interquartile mean (IQM, the mean of the middle 50% of the runs: `rliable.metrics.aggregate_iqm`)
+and a percentile interval from a stratified bootstrap (runs resampled with replacement within each task,
+2,000 resamples). The bootstrap is written here, vectorized over curve points, because rliable 1.2's
+`library.get_interval_estimates` fails with the current arch/pandas releases (arch 7.2 with pandas 3 on
+import, arch 8 on its `random_state` argument); it resamples as rliable's `StratifiedBootstrap` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+MAX_POINTS = 50  # curve points after binning the logged rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# AGGREGATES
+
+
+def iqm(scores: np.ndarray) -> np.ndarray:
+    """IQM over runs and tasks (axes 0 and 1) of scores [runs, tasks, ...]: one value per remaining index."""
+    scores = np.asarray(scores, dtype=float)
+    return stats.trim_mean(scores.reshape(scores.shape[0] * scores.shape[1], -1), 0.25, axis=0).reshape(
+        scores.shape[2:])
+
+
+def stratified_bootstrap_ci(scores: np.ndarray, reps: int = 2000, confidence: float = 0.95,
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of the IQM of scores [runs, tasks, ...], runs resampled within each task."""
+    scores = np.asarray(scores, dtype=float)
+    runs, tasks = scores.shape[:2]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, runs, size=(reps, runs, tasks))
+    samples = scores[idx, np.arange(tasks)[None, None, :]]  # [reps, runs, tasks, ...]
+    flat = samples.reshape(reps, runs * tasks, -1)
+    estimates = stats.trim_mean(flat, 0.25, axis=1).reshape((reps,) + scores.shape[2:])
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(estimates, tail, axis=0), np.percentile(estimates, 100 - tail, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# READING RUNS
+
+
+def read_metrics(run_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(env_steps [rows], values [seeds, rows]) from a run's metrics_seed<i>.csv files."""
+    paths = sorted(Path(run_dir).glob("metrics_seed*.csv"), key=lambda p: int(p.stem.removeprefix("metrics_seed")))
+    steps, values = None, []
+    for path in paths:
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        steps = np.array([float(r["env_steps"]) for r in rows])
+        values.append([float(r[key]) if r.get(key, "") not in ("", "nan") else np.nan for r in rows])
+    return steps, np.array(values)
+
+
+def binned_curve(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of each seed over at most MAX_POINTS consecutive chunks of rows (NaN rows ignored); chunks where
+    some seed has no value are dropped. Returns (env_steps [points], values [seeds, points])."""
+    chunks = np.array_split(np.arange(len(steps)), min(MAX_POINTS, len(steps)))
+    xs, ys = [], []
+    for chunk in chunks:
+        block = values[:, chunk]
+        if np.isfinite(block).any(axis=1).all():
+            xs.append(steps[chunk[-1]])
+            ys.append(np.nanmean(np.where(np.isfinite(block), block, np.nan), axis=1))
+    return np.array(xs), np.array(ys).T.reshape(values.shape[0], len(xs))
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def read_grid(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(parameter names, parameter values [points, dim], returns [seeds, points]) from grid.csv."""
+    with open(Path(run_dir) / "grid.csv") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], np.array(rows[1:], dtype=float)
+    dim = sum(not h.startswith("return_seed") for h in header)
+    return header[:dim], body[:, :dim], body[:, dim:].T
+
+
+# ----------------------------------------------------------------------------------------------------
+# PLOTS
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curve_panel(ax, steps, values, label, color, faint=True):
+    """IQM line, 95% bootstrap band and faint per-seed lines of values [seeds, points]."""
+    if values.shape[1] == 0:
+        return
+    point = iqm(values[:, None, :])
+    low, high = stratified_bootstrap_ci(values[:, None, :])
+    if faint:
+        for seed_values in values:
+            ax.plot(steps, seed_values, color=color, alpha=0.2, lw=0.7)
+    ax.plot(steps, point, color=color, lw=1.8, label=f"{label} (IQM)")
+    ax.fill_between(steps, low, high, color=color, alpha=0.25, lw=0)
+
+
+def bar_panel(ax, names, finals, colors, ylabel="final return"):
+    """Bars of the IQM of finals[i] (one array of per-seed values per bar) with 95% bootstrap intervals."""
+    from rliable import metrics
+
+    points = [metrics.aggregate_iqm(np.asarray(f, dtype=float)[:, None]) for f in finals]
+    cis = [stratified_bootstrap_ci(np.asarray(f, dtype=float)[:, None]) for f in finals]
+    err = np.array([[p - lo, hi - p] for p, (lo, hi) in zip(points, cis)]).T
+    ax.bar(range(len(names)), points, yerr=err, color=colors, capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"{ylabel} (IQM, 95% CI)", fontsize=8)
+
+
+def _cell_edges(points: np.ndarray) -> tuple[float, float]:
+    """Outer edges of a heatmap whose cells are centred on evenly spaced grid points."""
+    half = (points[-1] - points[0]) / max(len(points) - 1, 1) / 2
+    return points[0] - half, points[-1] + half
+
+
+def figure_caption(figure, scale: str, seeds: int, envs: list[str]) -> str:
+    designed = figure.seeds[scale]
+    seed_text = f"{seeds} seeds" + (f" (fewer than the {designed} designed)" if seeds < designed else "")
+    scale_text = {"cpu": "CPU scale (sized for a 2-core CPU)", "full": "full scale (paper's budget)",
+                  "tiny": "tiny scale (test only)"}[scale]
+    note = figure.note.get(scale)
+    return (f"{figure.title} [{figure.algorithm}.py] | {', '.join(dict.fromkeys(envs))}\n"
+            f"{seed_text}, {figure.steps[scale]} per seed, {scale_text}" + (f"\n{note}" if note else ""))
+
+
+def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
+    """Draw a registered figure (scripts/reproduce.py) from its finished runs [(Run, run_dir)]."""
+    plt = _plt()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    envs = [run.env for run, _ in runs]
+    if figure.kind == "curves":
+        panels = list(dict.fromkeys(envs))
+        extra = 1 if len(panels) > 1 else 0
+        cols = min(3, len(panels) + extra)
+        rows = -(-(len(panels) + extra) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 4.2 * cols), 3.0 * rows + 1.0), dpi=80, squeeze=False)
+        axes = axes.ravel()
+        for i, env in enumerate(panels):
+            ax = axes[i]
+            for j, (run, run_dir) in enumerate([r for r in runs if r[0].env == env]):
+                steps, values = binned_curve(*read_metrics(run_dir, figure.curve_key))
+                curve_panel(ax, steps, values[:seeds], run.label, colors[j % len(colors)])
+            if env in figure.reference:
+                value, source = figure.reference[env]
+                ax.axhline(value, color="gray", ls="--", lw=1, label=source)
+            ax.set_title(env, fontsize=9)
+            ax.set_xlabel("env steps per seed", fontsize=8)
+            ax.set_ylabel(figure.curve_key.replace("_", " "), fontsize=8)
+            ax.legend(fontsize=7, loc="lower right")
+        if extra:
+            finals = [read_summary(d)["final_return"][:seeds] for _, d in runs]
+            bar_panel(axes[len(panels)], [r.env for r, _ in runs], finals,
+                      [colors[i % len(colors)] for i in range(len(runs))])
+            axes[len(panels)].set_title("final return per environment", fontsize=9)
+        for ax in axes[len(panels) + extra:]:
+            ax.axis("off")
+    elif figure.kind == "horizon-heatmap":
+        locks = sorted({int(run.env.rsplit("H", 1)[1]) for run, _ in runs})
+        heads = sorted({int(run.label.split("=")[1]) for run, _ in runs})
+        table = np.full((len(locks), len(heads)), np.nan)
+        for run, run_dir in runs:
+            n, k = int(run.env.rsplit("H", 1)[1]), int(run.label.split("=")[1])
+            table[locks.index(n), heads.index(k)] = iqm(np.array(read_summary(run_dir)["final_return"][:seeds])[:, None])
+        fig, ax = plt.subplots(figsize=(max(6.4, 1.0 * len(heads) + 2.5), 0.7 * len(locks) + 2.4), dpi=80)
+        image = ax.imshow(table, cmap="viridis", aspect="auto", origin="lower")
+        for (a, b), value in np.ndenumerate(table):
+            ax.text(b, a, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > 0.5 * np.nanmax(table) else "white")
+        ax.set_xticks(range(len(heads)), [f"k={k}" for k in heads])
+        ax.set_yticks(range(len(locks)), [f"H{n}" for n in locks])
+        ax.set(xlabel="Q heads k (fitted-Q steps)", ylabel="CombinationLock (effective horizon n)")
+        fig.colorbar(image, ax=ax, label="greedy return, IQM over seeds")
+    elif figure.kind == "robustness":
+        fig, axes = plt.subplots(1, len(runs) + 1, figsize=(3.6 * (len(runs) + 1), 3.6), dpi=80, squeeze=False)
+        axes = axes.ravel()
+        worst, average = [], []
+        tables = [read_grid(d) for _, d in runs]
+        vmin = min(t[2][:seeds].mean(0).min() for t in tables)
+        vmax = max(t[2][:seeds].mean(0).max() for t in tables)
+        for ax, (run, _), (names, points, returns) in zip(axes, runs, tables):
+            returns = returns[:seeds]
+            worst.append(returns.min(axis=1))
+            average.append(returns.mean(axis=1))
+            sides = [np.unique(points[:, d]) for d in range(points.shape[1])]
+            mean = returns.mean(0).reshape(*(len(s) for s in sides))
+            image = ax.imshow(mean.T, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
+                              extent=(*_cell_edges(sides[0]), *_cell_edges(sides[1])))
+            ax.set(xlabel=names[0], ylabel=names[1])
+            ax.set_title(f"{run.label}\nworst {iqm(worst[-1][:, None]):.0f}, average {iqm(average[-1][:, None]):.0f}"
+                         " (IQM)", fontsize=8)
+        fig.colorbar(image, ax=axes[len(runs) - 1], label="return (mean of seeds)")
+        labels = [run.label for run, _ in runs]
+        bar_panel(axes[-1], [f"{l}: worst" for l in labels] + [f"{l}: average" for l in labels], worst + average,
+                  [colors[i % len(runs)] for i in range(2 * len(runs))], ylabel="grid return")
+        axes[-1].set_title("worst and average over the grid", fontsize=9)
+    else:
+        raise ValueError(f"unknown figure kind {figure.kind!r}")
+    fig.suptitle(figure_caption(figure, scale, seeds, envs), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    _to_palette(path)
+    return path
+
+
+def _to_palette(path: Path) -> None:
+    """Rewrite a PNG with a 256-colour palette: the same picture at a third of the size, small enough to commit."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(256)
+    small.save(path, optimize=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="IQM curves with 95% bootstrap bands of finished runs.")
+    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("--key", default="episode_return", help="metrics column against env_steps")
+    parser.add_argument("--out", default="curves.png")
+    args = parser.parse_args(argv)
+    plt = _plt()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
+    for i, run_dir in enumerate(args.run_dirs):
+        summary = read_summary(run_dir)
+        steps, values = binned_curve(*read_metrics(Path(run_dir), args.key))
+        curve_panel(ax, steps, values, f"{summary['algorithm']} {summary['env_id']} ({summary['num_seeds']} seeds)",
+                    colors[i % len(colors)])
+    ax.set(xlabel="env steps per seed", ylabel=args.key.replace("_", " "))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Reproduce one of the papers' figures with one command: train every run it needs, then plot it.
+
+    python scripts/reproduce.py pqn-cartpole                     # CPU scale (default), default seeds
+    python scripts/reproduce.py pqn-minatar --scale full --seeds 8 --out results/
+    python scripts/reproduce.py --list                           # the registry, with each figure's runs
+
+A figure is a list of runs, each one call of an algorithm file (`python algorithms/<name>.py ...`, in a
+subprocess, so one crash or one process's memory does not take the others with it) with all seeds vmapped
+into one program. `--scale cpu` is the paper's setting shortened to finish in under ~30 minutes on a
+2-core CPU (the figure says so); `--scale full` is the paper's budget, for a GPU. Output:
+
+    DIR/<figure>/<scale>/<run>/          the algorithm's run directory (config.json, metrics_seed<i>.csv, summary.json)
+    DIR/<figure>/<scale>/<figure>.png    the figure (scripts/plot.py), labelled with algorithm, env, seeds, steps, scale
+
+Runs resume: a run whose summary.json already holds at least the requested number of seeds is not rerun,
+so rerunning a figure only trains what is missing (or only replots). Registering a figure is one
+`Figure(...)` entry in REGISTRY below; entries whose algorithm file does not exist yet are listed in
+PLANNED and skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+SCALES = ("tiny", "cpu", "full")  # tiny: a few hundred steps, for the tests (hidden from --help)
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One call of an algorithm file; its seeds come from the figure."""
+
+    name: str  # run directory name inside DIR/<figure>/<scale>/
+    algorithm: str  # module in algorithms/
+    args: tuple[str, ...]  # flags besides --num-seeds, --seed, --run-dir, --quiet
+    env: str  # environment label on the figure
+    label: str = ""  # variant label on the figure (curves of one panel, heatmap titles)
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A paper's setting for one algorithm family, at three scales."""
+
+    name: str
+    algorithm: str  # algorithms/<algorithm>.py must exist
+    title: str
+    kind: str  # plot.py layout: curves, horizon-heatmap or robustness
+    runs: Callable[[str], list[Run]]  # scale -> runs
+    seeds: dict[str, int]  # default seeds per scale
+    steps: dict[str, str]  # per-seed budget per scale, as written on the figure ("500k steps")
+    curve_key: str = "episode_return"  # metrics column plotted against env_steps
+    note: dict[str, str] = dataclasses.field(default_factory=dict)  # per scale: what differs from the paper
+    reference: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)  # env -> (value, source),
+    # a dashed line on that env's panel (numbers from the papers / reference implementations)
+
+
+def _pick(scale: str, tiny, cpu, full):
+    return {"tiny": tiny, "cpu": cpu, "full": full}[scale]
+
+
+# ----------------------------------------------------------------------------------------------------
+# REGISTRY: one function per figure returning its runs at a scale
+
+
+def pqn_cartpole(scale: str) -> list[Run]:
+    steps = _pick(scale, 8192, 500_000, 500_000)
+    return [Run("pqn", "pqn", ("--preset", "cartpole", "--total-timesteps", str(steps), "--num-evals",
+                                str(_pick(scale, 2, 20, 20))), "CartPole-v1", "PQN")]
+
+
+def pqn_minatar(scale: str) -> list[Run]:
+    games = _pick(scale, MINATAR_GAMES[1:2], MINATAR_GAMES, MINATAR_GAMES)
+    steps = _pick(scale, 8192, 1_000_000, 10_000_000)
+    return [Run(game, "pqn", ("--preset", "minatar", "--env-id", f"{game}-MinAtar", "--total-timesteps", str(steps),
+                              "--num-evals", "2" if scale == "tiny" else "20"), f"{game}-MinAtar", "PQN")
+            for game in games]
+
+
+def sac_brax(scale: str) -> list[Run]:
+    if scale == "full":
+        return [Run(env, "sac", ("--preset", f"brax-{env}"), f"brax/{env}", "SAC")
+                for env in ("hopper", "walker2d", "halfcheetah")]
+    # CPU: the brax task SAC learns within minutes on 2 cores; locomotion needs millions of updates
+    steps = _pick(scale, 1024, 50_000, None)
+    extra = ("--learning-starts", "256", "--num-evals", "2") if scale == "tiny" else ()
+    return [Run("inverted_pendulum", "sac", ("--preset", "brax-inverted-pendulum", "--total-timesteps", str(steps),
+                                             *extra), "brax/inverted_pendulum", "SAC")]
+
+
+def stream_ac_brax(scale: str) -> list[Run]:
+    envs_ = _pick(scale, ("hopper",), ("hopper",), ("hopper", "halfcheetah"))
+    steps = _pick(scale, 500, 100_000, 2_000_000)
+    rows = ("--num-log-rows", "10") if scale == "tiny" else ()
+    return [Run(env, "stream_x", ("--preset", f"brax-{env}-ac", "--total-timesteps", str(steps), *rows),
+                f"brax/{env}", "stream AC(λ)") for env in envs_]
+
+
+def stream_q_minatar(scale: str) -> list[Run]:
+    games = _pick(scale, MINATAR_GAMES[1:2], MINATAR_GAMES, MINATAR_GAMES)
+    steps = _pick(scale, 500, 200_000, 10_000_000)
+    rows = ("--num-log-rows", "10") if scale == "tiny" else ("--num-log-rows", "50")
+    return [Run(game, "stream_x", ("--preset", "minatar-q", "--env-id", f"{game}-MinAtar", "--total-timesteps",
+                                   str(steps), *rows), f"{game}-MinAtar", "stream Q(λ)") for game in games]
+
+
+def sqirl_horizon(scale: str) -> list[Run]:
+    locks = _pick(scale, (2,), (2, 4, 6), (2, 4, 6, 8))
+    heads = _pick(scale, (1, 2), (1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6, 7, 8))
+    episodes = _pick(scale, 64, 1024, 4096)
+    return [Run(f"lock{n}_k{k}", "sqirl", ("--preset", "lock", "--env-id", f"CombinationLock-H{n}", "--horizon", str(n),
+                                           "--num-heads", str(k), "--episodes-per-iteration", str(episodes),
+                                           "--total-timesteps", str(episodes * n * n), "--num-evals", "1"),
+                f"CombinationLock-H{n}", f"k={k}") for n in locks for k in heads]
+
+
+def qarl_robustness(scale: str) -> list[Run]:
+    if scale == "full":
+        base = ("--preset", "brax-hopper")
+        variants = (("self-paced", ()), ("linear", ("--curriculum", "linear")), ("none", ("--curriculum", "none")),
+                    ("sac", ("--adversary", "off")))
+    else:
+        steps = _pick(scale, 1000, 50_000, None)
+        base = ("--preset", "pendulum", "--total-timesteps", str(steps))
+        if scale == "tiny":
+            base += ("--learning-starts", "200", "--grid-points", "3", "--grid-episodes", "1", "--num-evals", "1")
+        variants = (("self-paced", ()), ("sac", ("--adversary", "off")))
+    env = "brax/hopper" if scale == "full" else "Pendulum-v1"
+    labels = {"self-paced": "QARL (self-paced)", "linear": "QARL (linear)", "none": "RARL-style (α=0)",
+              "sac": "SAC (no adversary)"}
+    return [Run(name, "qarl", (*base, *extra), env, labels[name]) for name, extra in variants]
+
+
+REGISTRY: dict[str, Figure] = {f.name: f for f in [
+    Figure("pqn-cartpole", "pqn", "PQN on CartPole-v1", "curves", pqn_cartpole,
+           seeds={"tiny": 2, "cpu": 4, "full": 16},
+           steps={"tiny": "8k steps", "cpu": "500k steps", "full": "500k steps"},
+           curve_key="eval_return", note={"cpu": "the paper's full budget, which fits a CPU"},
+           reference={"CartPole-v1": (500.0, "authors: 500 (4/4 seeds)")}),
+    Figure("pqn-minatar", "pqn", "PQN on MinAtar", "curves", pqn_minatar,
+           seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "8k steps", "cpu": "1M steps", "full": "10M steps"},
+           curve_key="eval_return", note={"cpu": "1M of the paper's 10M steps"}),
+    Figure("sac-brax", "sac", "SAC on brax", "curves", sac_brax,
+           seeds={"tiny": 2, "cpu": 2, "full": 5},
+           steps={"tiny": "1k steps", "cpu": "50k steps", "full": "5M-7.9M steps"},
+           curve_key="eval_return",
+           note={"cpu": "inverted_pendulum in place of the locomotion tasks", "tiny": "inverted_pendulum"},
+           reference={"brax/inverted_pendulum": (1000.0, "brax SAC: 1000 by ~30k steps"),
+                      "brax/hopper": (2310.0, "CleanRL SAC, MuJoCo Hopper: 2310")}),
+    Figure("stream-ac-brax", "stream_x", "stream AC(λ) on brax", "curves", stream_ac_brax,
+           seeds={"tiny": 2, "cpu": 2, "full": 8},
+           steps={"tiny": "500 steps", "cpu": "100k steps", "full": "2M steps"},
+           note={"cpu": "hopper only, 100k of the paper's 2M steps"},
+           reference={"brax/hopper": (2173.0, "paper, MuJoCo Hopper at 2M: 2173")}),
+    Figure("stream-q-minatar", "stream_x", "stream Q(λ) on MinAtar", "curves", stream_q_minatar,
+           seeds={"tiny": 2, "cpu": 2, "full": 8},
+           steps={"tiny": "500 steps", "cpu": "200k steps", "full": "10M steps"},
+           note={"cpu": "200k of the paper's 10M steps"}),
+    Figure("sqirl-horizon", "sqirl", "SQIRL: k heads vs the lock's effective horizon n", "horizon-heatmap",
+           sqirl_horizon, seeds={"tiny": 2, "cpu": 2, "full": 8},
+           steps={"tiny": "64 episodes/iteration", "cpu": "1024 episodes/iteration", "full": "4096 episodes/iteration"},
+           note={"cpu": "H6 needs about m = 4096 episodes per iteration (the full scale)"}),
+    Figure("qarl-robustness", "qarl", "QARL vs SAC: return over a grid of models", "robustness", qarl_robustness,
+           seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k steps", "cpu": "50k steps", "full": "2M steps"},
+           curve_key="eval_return", note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper"}),
+]}
+
+# Figures whose algorithm file has not landed yet: name -> the file it waits for. To register one, write its
+# run function like the ones above and add a Figure(...) entry to REGISTRY; the robustness plot reads any
+# run's grid.csv (parameters, then return_seed<i> columns), e.g. for IWOCS:
+#   Figure("iwocs-worst-case", "iwocs", "IWOCS: worst case over the uncertainty set", "robustness", iwocs_worst_case,
+#          seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={...})
+PLANNED: dict[str, str] = {"iwocs-worst-case": "algorithms/iwocs.py"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# RUNNING
+
+
+def command(run: Run, seeds: int, run_dir: Path) -> list[str]:
+    """The subprocess command of one run (from the repository root)."""
+    return [sys.executable, str(REPO / "algorithms" / f"{run.algorithm}.py"), *run.args, "--num-seeds", str(seeds),
+            "--seed", "0", "--run-dir", str(run_dir), "--quiet"]
+
+
+def is_done(run_dir: Path, seeds: int) -> bool:
+    """True if run_dir holds a finished run with at least `seeds` seeds (resume)."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return False
+    summary = json.loads(path.read_text())
+    return int(summary.get("num_seeds", 0)) >= seeds and len(summary.get("final_return", [])) >= seeds
+
+
+def train(figure: Figure, scale: str, seeds: int, out: Path, log=print) -> list[tuple[Run, Path]]:
+    """Run every missing run of the figure; return (run, run_dir) for all of them."""
+    done = []
+    for run in figure.runs(scale):
+        run_dir = out / run.name
+        if is_done(run_dir, seeds):
+            log(f"[{figure.name}] {run.name}: {seeds} seeds already in {run_dir}, not rerun")
+        else:
+            cmd = command(run, seeds, run_dir)
+            log(f"[{figure.name}] {run.name}: {' '.join(cmd[1:])}")
+            start = time.time()
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+            result = subprocess.run(cmd, cwd=REPO, env=env)
+            if result.returncode:
+                raise SystemExit(f"[{figure.name}] {run.name} failed (exit {result.returncode}); its partial output "
+                                 f"is in {run_dir}. Rerun the same command to retry: finished runs are kept.")
+            log(f"[{figure.name}] {run.name}: done in {time.time() - start:.0f} s")
+        done.append((run, run_dir))
+    return done
+
+
+def reproduce(name: str, scale: str = "cpu", seeds: int | None = None, out: str | Path = "results",
+              log=print) -> Path | None:
+    """Train what is missing and draw the figure; return its path (None for a planned figure)."""
+    if name in PLANNED and name not in REGISTRY:
+        log(f"{name}: waits for {PLANNED[name]}, which does not exist yet; nothing to run.")
+        return None
+    if name not in REGISTRY:
+        raise SystemExit(f"Unknown figure {name!r}. Choose one of: {', '.join([*REGISTRY, *PLANNED])}.")
+    figure = REGISTRY[name]
+    if not (REPO / "algorithms" / f"{figure.algorithm}.py").exists():
+        log(f"{name}: algorithms/{figure.algorithm}.py does not exist; skipped.")
+        return None
+    seeds = seeds or figure.seeds[scale]
+    out_dir = Path(out) / name / scale
+    start = time.time()
+    runs = train(figure, scale, seeds, out_dir, log)
+    import plot
+
+    path = plot.plot_figure(figure, scale, seeds, runs, out_dir / f"{name}.png")
+    log(f"[{name}] figure: {path} ({time.time() - start:.0f} s)")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("figure", nargs="?", help=f"one of: {', '.join([*REGISTRY, *PLANNED])}")
+    parser.add_argument("--scale", choices=SCALES, default="cpu",
+                        help="cpu: shortened for a 2-core CPU (< ~30 min); full: the paper's budget (GPU)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the figure's, per scale)")
+    parser.add_argument("--out", default="results", help="output directory (default results/)")
+    parser.add_argument("--list", action="store_true", help="list the figures and their runs at --scale")
+    args = parser.parse_args(argv)
+    if args.list or not args.figure:
+        for figure in REGISTRY.values():
+            print(f"{figure.name}: {figure.title} ({args.scale}: {figure.seeds[args.scale]} seeds, "
+                  f"{figure.steps[args.scale]} steps)")
+            for run in figure.runs(args.scale):
+                print(f"    {run.name}: python algorithms/{run.algorithm}.py {' '.join(run.args)}")
+        for name, path in PLANNED.items():
+            print(f"{name}: planned, waits for {path}")
+        return
+    reproduce(args.figure, args.scale, args.seeds, args.out)
+
+
+if __name__ == "__main__":
+    main()

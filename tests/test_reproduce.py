@@ -1,0 +1,116 @@
+"""scripts/reproduce.py and scripts/plot.py: the registry's commands, tiny runs of its figures, resume, IQM and
+bootstrap. Tiny runs are subprocesses of a few hundred steps; of the brax entries only sac-brax runs (brax
+compiles for 30-90 s on a 2-core CPU, marked slow), stream-ac-brax is checked through its resolved commands."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import plot  # noqa: E402
+import reproduce  # noqa: E402
+
+import runlog  # noqa: E402
+
+
+def test_iqm_by_hand():
+    # 8 runs: the middle 50% are 3, 4, 5, 6 -> 4.5; one outlier among 4 runs is trimmed: mean(2, 3) = 2.5
+    assert plot.iqm(np.arange(1.0, 9.0)[:, None]) == pytest.approx(4.5)
+    assert plot.iqm(np.array([[1.0], [2.0], [3.0], [100.0]])) == pytest.approx(2.5)
+    # per curve point, over runs x tasks (stratified: 2 tasks of 4 runs each = 8 scores per point)
+    scores = np.stack([np.arange(1.0, 9.0).reshape(4, 2), 10 * np.arange(1.0, 9.0).reshape(4, 2)], axis=-1)
+    np.testing.assert_allclose(plot.iqm(scores), [4.5, 45.0])
+    from rliable import metrics
+
+    rng = np.random.default_rng(0)
+    random_scores = rng.normal(size=(10, 3))
+    assert plot.iqm(random_scores) == pytest.approx(metrics.aggregate_iqm(random_scores))
+
+
+def test_bootstrap_interval_contains_estimate_and_shrinks_with_seeds():
+    rng = np.random.default_rng(1)
+    widths = []
+    for runs in (4, 16, 64):
+        scores = rng.normal(loc=10.0, scale=2.0, size=(runs, 2))
+        low, high = plot.stratified_bootstrap_ci(scores, reps=2000, seed=0)
+        assert low <= plot.iqm(scores) <= high
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+    # all runs equal: no spread; fixed seed: the same interval
+    assert plot.stratified_bootstrap_ci(np.ones((5, 2))) == (1.0, 1.0)
+    curves = rng.normal(size=(6, 1, 3))  # 6 runs, 1 task, 3 curve points: one interval per point
+    first, second = plot.stratified_bootstrap_ci(curves, seed=3), plot.stratified_bootstrap_ci(curves, seed=3)
+    assert first[0].shape == (3,)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_stratified_bootstrap_resamples_within_tasks():
+    # task 0 always scores 0, task 1 always 1: every resample keeps half the scores at each, so the IQM stays 0.5
+    scores = np.stack([np.zeros(6), np.ones(6)], axis=1)
+    low, high = plot.stratified_bootstrap_ci(scores)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("scale", reproduce.SCALES)
+def test_every_command_parses_at_every_scale(scale):
+    """Each run's flags are valid for its algorithm file (parsed by its own CLI, nothing compiled)."""
+    for figure in reproduce.REGISTRY.values():
+        module = importlib.import_module(f"algorithms.{figure.algorithm}")
+        runs = figure.runs(scale)
+        assert runs and len({run.name for run in runs}) == len(runs)
+        for run in runs:
+            cmd = reproduce.command(run, figure.seeds[scale], Path("/tmp/unused"))
+            config = runlog.parse_config(module.Config, module.PRESETS, cmd[2:])
+            assert config.num_seeds == figure.seeds[scale]
+
+
+def test_stream_ac_brax_resolved_commands():
+    runs = reproduce.REGISTRY["stream-ac-brax"].runs("full")
+    assert [run.env for run in runs] == ["brax/hopper", "brax/halfcheetah"]
+    cmd = reproduce.command(runs[0], 8, Path("out"))
+    assert cmd[2:4] == ["--preset", "brax-hopper-ac"] and "2000000" in cmd
+    assert reproduce.REGISTRY["stream-ac-brax"].runs("cpu")[0].args[-1] == "100000"
+
+
+def test_planned_figure_is_skipped_with_a_message(tmp_path):
+    messages = []
+    assert reproduce.reproduce("iwocs-worst-case", "tiny", out=tmp_path, log=messages.append) is None
+    assert "algorithms/iwocs.py" in messages[0]
+    with pytest.raises(SystemExit, match="Unknown figure"):
+        reproduce.reproduce("no-such-figure", "tiny", out=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def cartpole_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    path = reproduce.reproduce("pqn-cartpole", "tiny", out=out, log=lambda _: None)
+    return out, path
+
+
+def test_tiny_figure_is_written(cartpole_out):
+    out, path = cartpole_out
+    assert path == out / "pqn-cartpole" / "tiny" / "pqn-cartpole.png" and path.stat().st_size > 1000
+    assert reproduce.is_done(out / "pqn-cartpole" / "tiny" / "pqn", 2)
+
+
+def test_resume_does_not_retrain(cartpole_out, monkeypatch):
+    out, path = cartpole_out
+    summary = out / "pqn-cartpole" / "tiny" / "pqn" / "summary.json"
+    mtime = summary.stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda *a, **k: calls.append(a))
+    messages = []
+    assert reproduce.reproduce("pqn-cartpole", "tiny", out=out, log=messages.append) == path
+    assert calls == [] and summary.stat().st_mtime_ns == mtime
+    assert "not rerun" in messages[0]
+    assert not reproduce.is_done(summary.parent, 3)  # more seeds than are there: that run would be redone
+
+
+@pytest.mark.parametrize("name", ["pqn-minatar", "stream-q-minatar", "sqirl-horizon", "qarl-robustness",
+                                  pytest.param("sac-brax", marks=pytest.mark.slow)])
+def test_tiny_run_of_each_figure(name, tmp_path):
+    path = reproduce.reproduce(name, "tiny", out=tmp_path, log=lambda _: None)
+    assert path.exists() and path.stat().st_size > 1000
