@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,30 @@ def parse_config(config_cls, presets: dict[str, Any], args: list[str] | None = N
             preset = arg.split("=", 1)[1]
     if preset not in presets:
         raise SystemExit(f"Unknown preset {preset!r}. Choose one of: {', '.join(presets)}.")
+    if "--resume" in args or any(arg.startswith("--resume=") for arg in args):
+        return resumed_config(config_cls, args)
     return tyro.cli(config_cls, default=presets[preset], args=args)
+
+
+def resumed_config(config_cls, args: list[str]):
+    """`--resume RUN_DIR [--quiet]`: the config that RUN_DIR/config.json recorded, to continue that run."""
+    index = next(i for i, arg in enumerate(args) if arg.startswith("--resume"))
+    run_dir = args[index].split("=", 1)[1] if "=" in args[index] else (args[index + 1:] or [""])[0]
+    rest = [arg for i, arg in enumerate(args) if i != index and not (arg == run_dir and "=" not in args[index])]
+    if not run_dir or any(arg not in ("--quiet", "--no-quiet") for arg in rest):
+        raise SystemExit("--resume RUN_DIR continues a run exactly as its config.json says; only --quiet may be "
+                         f"added (got {' '.join(args)}). To change a setting, start a new run.")
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise SystemExit(f"--resume {run_dir}: no config.json there. Pass the directory of an earlier run.")
+    recorded = json.loads(path.read_text())
+    fields = {field.name: field for field in dataclasses.fields(config_cls)}
+    values = {}
+    for name, value in recorded.items():
+        if name in fields:
+            default = fields[name].default
+            values[name] = tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+    return config_cls(**{**values, "run_dir": str(run_dir), "resume": True, "quiet": "--quiet" in rest})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -219,6 +242,179 @@ def vmap_seeds(train: Callable) -> Callable:
         return batched(keys)
 
     return run
+
+
+# ----------------------------------------------------------------------------------------------------
+# PROGRAMS: one learner's run as init + scanned update, run in checkpointed chunks, seeds and sweeps vmapped
+
+
+class Program(NamedTuple):
+    """One learner's whole run, in the two pieces that `run_program` needs to checkpoint and resume it.
+
+    init(key, hparams) -> carry       everything the run keeps between updates (params, optimizer, envs,
+                                      replay buffer, PRNG key, the swept hyperparameters)
+    update(carry, index) -> (carry, metrics)   one update, scanned over index = 0 .. num_updates - 1
+    result(carry) -> what the file keeps at the end (e.g. its TrainState)
+
+    `hparams` maps names of swept hyperparameters to (possibly traced) numbers; the file keeps them in the
+    carry. Calling the program runs it in one scan: `make_train(config)(key)` -> (result, metrics).
+    """
+
+    init: Callable
+    update: Callable
+    num_updates: int
+    result: Callable = lambda carry: carry
+
+    def __call__(self, key, hparams: dict[str, Any] | None = None):
+        carry, metrics = jax.lax.scan(self.update, self.init(key, hparams or {}), jnp.arange(self.num_updates))
+        return self.result(carry), metrics
+
+
+class RunInterrupted(RuntimeError):
+    """Raised by run_program(stop_after_chunks=N), which stands in for a run killed after N checkpoints."""
+
+
+def parse_sweep(sweep: str, sweepable: tuple[str, ...]) -> tuple[str | None, tuple[float, ...]]:
+    """'lr=1e-4,3e-4' -> ('lr', (1e-4, 3e-4)); '' -> (None, ()). Raises with the names that can be swept."""
+    if not sweep:
+        return None, ()
+    name, _, values = sweep.partition("=")
+    name = name.strip().lstrip("-").replace("-", "_")
+    if name not in sweepable:
+        raise ValueError(f"--sweep {sweep!r}: {name!r} cannot be swept in one program; choose one of "
+                         f"{', '.join(sweepable)} (e.g. --sweep {sweepable[0]}=0.1,0.2).")
+    try:
+        parsed = tuple(float(v) for v in values.split(","))
+    except ValueError:
+        raise ValueError(f"--sweep {sweep!r}: values must be numbers separated by commas, e.g. {name}=0.5,1,2.")
+    if len(set(parsed)) != len(parsed):
+        raise ValueError(f"--sweep {sweep!r}: the values repeat.")
+    return name, parsed
+
+
+def sweep_run_configs(run_dir: Path, config, name: str | None, values: tuple[float, ...]) -> dict[Path, Any]:
+    """The run directory and config of every value of a sweep: RUN_DIR/<name>=<value>, or just RUN_DIR."""
+    if name is None:
+        return {Path(run_dir): config}
+    cast = type(getattr(config, name))
+    return {Path(run_dir) / f"{name}={v:g}": dataclasses.replace(config, **{name: cast(v)}, sweep="") for v in values}
+
+
+def num_chunks(num_updates: int, num_checkpoints: int) -> int:
+    """The largest number of equal chunks <= num_checkpoints that divides num_updates (one compiled chunk)."""
+    return max(c for c in range(1, max(min(num_checkpoints, num_updates), 1) + 1) if num_updates % c == 0)
+
+
+def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoints: int = 1, resume: bool = False,
+                sweep: tuple[str, tuple[float, ...]] | None = None, stop_after_chunks: int | None = None):
+    """Run `program` for every seed (and every swept value), in chunks with the full state saved after each.
+
+    Returns (result, metrics, compile_seconds, train_seconds); outputs have a leading seed axis, preceded by
+    a value axis for a sweep. The updates run in `num_chunks(num_updates, num_checkpoints)` equal jitted
+    chunks; after each, the whole carry and the metrics so far go to RUN_DIR/resume.npz (atomically), and
+    `resume=True` continues from there. A resumed run executes the same compiled chunks on the same inputs
+    as an uninterrupted one, so on one CPU it ends bit-identical to it.
+    """
+    name, values = sweep or (None, ())
+    hparams = {name: jnp.asarray(values, jnp.float32)} if name else {}
+    batch_axes = 2 if name else 1  # [values,] seeds
+    chunks = num_chunks(program.num_updates, num_checkpoints)
+    length = program.num_updates // chunks
+
+    def chunk(carry, start):
+        return jax.lax.scan(program.update, carry, start + jnp.arange(length))
+
+    num_seeds = keys.shape[0]
+    init_all = jax.jit(_batched(program.init, num_seeds, None if name is None else (None, 0)))
+    chunk_all = jax.jit(_batched(chunk, num_seeds, None if name is None else (0, None)))
+    t0 = time.perf_counter()
+    carry_shape = jax.eval_shape(init_all, keys, hparams)
+    compiled = chunk_all.lower(carry_shape, jnp.int32(0)).compile()
+    compile_seconds = time.perf_counter() - t0
+    state_path = Path(run_dir) / "resume.npz"
+    if resume:
+        metrics_shape = jax.eval_shape(chunk_all, carry_shape, jnp.int32(0))[1]
+        done, carry, metrics = _load_state(state_path, carry_shape, metrics_shape, program.num_updates, length)
+        carry = _place(carry, keys, batch_axes)
+    else:
+        done, carry, metrics = 0, init_all(keys, hparams), []
+    train_seconds = 0.0
+    for index in range(done // length, chunks):
+        if stop_after_chunks is not None and index >= stop_after_chunks:
+            raise RunInterrupted(f"stopped after {index} of {chunks} chunks")
+        t0 = time.perf_counter()
+        carry, chunk_metrics = jax.block_until_ready(compiled(carry, jnp.int32(index * length)))
+        jax.effects_barrier()  # let the chunk's progress callbacks finish before timing stops
+        train_seconds += time.perf_counter() - t0
+        metrics.append(_gather(chunk_metrics))
+        if chunks > 1:
+            _save_state(state_path, (index + 1) * length, carry, metrics, batch_axes)
+    metrics = jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics)
+    return program.result(carry), metrics, compile_seconds, train_seconds
+
+
+def _batched(fn: Callable, num_seeds: int, sweep_axes: tuple | None) -> Callable:
+    """fn(a, b) vmapped over the seed axis of `a` (one seed runs unbatched: see vmap_seeds), then over the
+    sweep's value axis as `sweep_axes` say."""
+
+    def over_seeds(a, b):
+        if num_seeds == 1:
+            return jax.tree.map(lambda x: x[None], fn(jax.tree.map(lambda x: x[0], a), b))
+        return jax.vmap(fn, in_axes=(0, None))(a, b)
+
+    return over_seeds if sweep_axes is None else jax.vmap(over_seeds, in_axes=sweep_axes)
+
+
+def _gather(tree: Any) -> Any:
+    """Host numpy copies of arrays that may be sharded over devices or hosts."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+def _save_state(path: Path, updates_done: int, carry: Any, metrics: list[Any], batch_axes: int) -> None:
+    """The whole carry and the metrics so far, atomically: a kill mid-write keeps the previous state."""
+    leaves = jax.tree.leaves(_gather(carry))
+    metric_leaves = jax.tree.leaves(jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics))
+    if jax.process_index() != 0:
+        return
+    arrays = {f"carry_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays |= {f"metric_{i}": np.asarray(x) for i, x in enumerate(metric_leaves)}
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, updates_done=np.int64(updates_done), **arrays)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, carry_shape: Any, metrics_shape: Any, num_updates: int, length: int):
+    if not path.exists():
+        raise SystemExit(f"--resume: {path} does not exist. The run saved no state before it stopped (it saves "
+                         f"one after each of its --num-checkpoints chunks; 1 means only at the end).")
+    with np.load(path) as data:
+        done = int(data["updates_done"])
+        shapes = jax.tree.leaves(carry_shape)
+        leaves = [data[f"carry_{i}"] for i in range(len(shapes))]
+        metric_leaves = [data[f"metric_{i}"] for i in range(len(jax.tree.leaves(metrics_shape)))]
+    if done % length or done > num_updates or any(
+            x.shape != s.shape or x.dtype != s.dtype for x, s in zip(leaves, shapes)):
+        raise SystemExit(f"--resume: the state in {path} does not match this run's config (it was saved by another "
+                         f"version of the file or another config). Start a new run.")
+    carry = jax.tree.unflatten(jax.tree.structure(carry_shape), leaves)
+    metrics = [jax.tree.unflatten(jax.tree.structure(metrics_shape), metric_leaves)] if done else []
+    return done, carry, metrics
+
+
+def _place(tree: Any, keys: jax.Array, batch_axes: int) -> Any:
+    """Put a restored carry on the devices the way the keys are: sharded along the seed axis, if they are."""
+    sharding = getattr(keys, "sharding", None)
+    if sharding is None or len(sharding.device_set) == 1:
+        return jax.tree.map(jnp.asarray, tree)
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    spec = PartitionSpec(*([None] * (batch_axes - 1)), "seeds")
+    return jax.device_put(tree, NamedSharding(sharding.mesh, spec))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Run (from the repository root):
     python algorithms/pqn.py                                   # CartPole-v1, the authors' settings
     python algorithms/pqn.py --preset minatar --env-id Asterix-MinAtar
     python algorithms/pqn.py --num-seeds 4 --lr 3e-4           # any field below is a flag; see --help
+    python algorithms/pqn.py --sweep lr=1e-4,3e-4,1e-3         # one vmapped program, one run dir per value
+    python algorithms/pqn.py --resume runs/pqn_CartPole-v1_... # continue a run from its last checkpoint
 
 Logged per update (metrics_seed<i>.csv): env_steps (per seed), episode_return / episode_length (mean over
 the training episodes that finished in that rollout, NaN if none did; raw, unscaled reward), td_loss,
@@ -29,6 +31,7 @@ Where this file differs from the authors' code (purejaxql), on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -104,6 +107,16 @@ class Config:
     """Also log to Weights & Biases (WANDB_MODE=offline works)."""
     wandb_project: str = "jax-rl-collection"
     """wandb project name."""
+    sweep: str = ""
+    """Train every value of one hyperparameter in one vmapped program, e.g. lr=1e-4,3e-4 (see SWEEPABLE)."""
+    num_checkpoints: int = 10
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    resume: bool = False
+    """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
+
+
+# Hyperparameters that `--sweep` can vary inside one vmapped program (they enter the run as numbers).
+SWEEPABLE = ("lr", "td_lambda", "gamma", "eps_finish", "reward_scale", "max_grad_norm")
 
 
 # The authors' values (purejaxql config/alg/pqn_cartpole.yaml and pqn_minatar.yaml). Their CartPole file
@@ -127,6 +140,8 @@ class Sizes(NamedTuple):
     num_updates: int
     eval_every: int  # updates between greedy evaluations
     progress_every: int  # updates between progress callbacks
+    sweep_name: str | None
+    sweep_values: tuple[float, ...]
 
 
 def derive_sizes(config: Config) -> Sizes:
@@ -149,12 +164,17 @@ def derive_sizes(config: Config) -> Sizes:
     for name in ("gamma", "td_lambda", "eps_start", "eps_finish", "eps_decay", "sticky_action_prob"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    for value in sweep_values:  # every swept value must be a valid config on its own
+        derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(
         batch_size=batch_size,
         minibatch_size=batch_size // config.num_minibatches,
         num_updates=num_updates,
         eval_every=max(num_updates // config.num_evals, 1),
         progress_every=max(num_updates // 100, 1),
+        sweep_name=sweep_name,
+        sweep_values=sweep_values,
     )
 
 
@@ -267,9 +287,11 @@ def lambda_returns(rewards, terminated, done, next_q_max, gamma: float, td_lambd
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> Callable:
-    """Build `train(key) -> (TrainState, metrics)`, the whole run as one jittable function.
+def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
+    """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
+    in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
+    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
     `progress`, if given, is called from inside the run (host callback) every ~1% of the updates with
     env_steps and a few scalars. Bad configs raise here, before anything is compiled.
     """
@@ -277,15 +299,16 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
     env, env_params, num_actions = make_env(config)
     network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn")
     # At least one step: optax holds a zero-length schedule at its start value.
-    epsilon_schedule = optax.linear_schedule(
-        config.eps_start, config.eps_finish, max(int(config.eps_decay * sizes.num_updates), 1)
-    )
+    eps_decay_updates = max(int(config.eps_decay * sizes.num_updates), 1)
     num_gradient_steps = sizes.num_updates * config.num_epochs * config.num_minibatches
-    learning_rate = (
-        optax.linear_schedule(config.lr, 0.0, num_gradient_steps)
-        if config.lr_linear_decay else optax.constant_schedule(config.lr)
-    )
-    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.radam(learning_rate))
+
+    def learning_rate(hp):
+        return (optax.linear_schedule(hp["lr"], 0.0, num_gradient_steps)
+                if config.lr_linear_decay else optax.constant_schedule(hp["lr"]))
+
+    def optimizer(hp):
+        return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), optax.radam(learning_rate(hp)))
+
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     obs_shape = env.observation_space(env_params).shape
@@ -314,145 +337,156 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, eval_steps))
         return first_return.mean()
 
-    def train(key):
+    def init(key, hparams):
+        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
         key, key_params, key_reset = jax.random.split(key, 3)
         params = network.init(key_params, jnp.zeros((1, *obs_shape)))
-        state = TrainState(params, optimizer.init(params))
+        state = TrainState(params, optimizer(hp).init(params))
         obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
+        return hp, state, env_state, obs, jnp.float32(jnp.nan), key
 
-        def update(carry, update_index):
-            state, env_state, obs, latest_eval_return, key = carry
-            key, key_rollout, key_learn, key_eval = jax.random.split(key, 4)
-            epsilon = epsilon_schedule(update_index)
+    def update(carry, update_index):
+        hp, state, env_state, obs, latest_eval_return, key = carry
+        key, key_rollout, key_learn, key_eval = jax.random.split(key, 4)
+        epsilon = optax.linear_schedule(config.eps_start, hp["eps_finish"], eps_decay_updates)(update_index)
 
-            # COLLECT ROLLOUT
-            def env_step(carry, key):
-                env_state, obs = carry
-                key_action, key_step = jax.random.split(key)
-                q_values = network.apply(state.params, obs)
-                action = epsilon_greedy(key_action, q_values, epsilon)
-                keys = jax.random.split(key_step, config.num_envs)
-                next_obs, env_state, reward, terminated, truncated, info = step_envs(
-                    keys, env_state, action, env_params
-                )
-                transition = Transition(
-                    obs, action, config.reward_scale * reward, terminated, terminated | truncated,
-                    q_values.max(-1), info["final_observation"],
-                )
-                episode = (info["episode_done"], info["episode_return"], info["episode_length"])
-                return (env_state, next_obs), (transition, episode)
-
-            (env_state, obs), (rollout, episodes) = jax.lax.scan(
-                env_step, (env_state, obs), jax.random.split(key_rollout, config.num_steps)
+        # COLLECT ROLLOUT
+        def env_step(carry, key):
+            env_state, obs = carry
+            key_action, key_step = jax.random.split(key)
+            q_values = network.apply(state.params, obs)
+            action = epsilon_greedy(key_action, q_values, epsilon)
+            keys = jax.random.split(key_step, config.num_envs)
+            next_obs, env_state, reward, terminated, truncated, info = step_envs(
+                keys, env_state, action, env_params
             )
-
-            # COMPUTE TARGETS
-            # max_a Q(s_{t+1}): the next rollout step's Q-values, and a forward pass on the obs after the last.
-            last_q_max = network.apply(state.params, obs).max(-1)
-            next_q_max = jnp.concatenate([rollout.q_max[1:], last_q_max[None]])
-            # Where an episode ended, the next obs belongs to the next episode: use the final observation
-            # (it matters only at a time limit; a terminal step does not bootstrap).
-            truncated = rollout.done & ~rollout.terminated
-            final_q_max = jax.lax.cond(
-                truncated.any(),
-                lambda: network.apply(state.params, rollout.final_obs).max(-1),
-                lambda: jnp.zeros_like(next_q_max),
+            transition = Transition(
+                obs, action, hp["reward_scale"] * reward, terminated, terminated | truncated,
+                q_values.max(-1), info["final_observation"],
             )
-            next_q_max = jnp.where(rollout.done, final_q_max, next_q_max)
-            targets = lambda_returns(
-                rollout.reward, rollout.terminated, rollout.done, next_q_max, config.gamma, config.td_lambda
+            episode = (info["episode_done"], info["episode_return"], info["episode_length"])
+            return (env_state, next_obs), (transition, episode)
+
+        (env_state, obs), (rollout, episodes) = jax.lax.scan(
+            env_step, (env_state, obs), jax.random.split(key_rollout, config.num_steps)
+        )
+
+        # COMPUTE TARGETS
+        # max_a Q(s_{t+1}): the next rollout step's Q-values, and a forward pass on the obs after the last.
+        last_q_max = network.apply(state.params, obs).max(-1)
+        next_q_max = jnp.concatenate([rollout.q_max[1:], last_q_max[None]])
+        # Where an episode ended, the next obs belongs to the next episode: use the final observation
+        # (it matters only at a time limit; a terminal step does not bootstrap).
+        truncated = rollout.done & ~rollout.terminated
+        final_q_max = jax.lax.cond(
+            truncated.any(),
+            lambda: network.apply(state.params, rollout.final_obs).max(-1),
+            lambda: jnp.zeros_like(next_q_max),
+        )
+        next_q_max = jnp.where(rollout.done, final_q_max, next_q_max)
+        targets = lambda_returns(
+            rollout.reward, rollout.terminated, rollout.done, next_q_max, hp["gamma"], hp["td_lambda"]
+        )
+
+        # UPDATE NETWORK
+        def loss_fn(params, obs, action, target):
+            q_taken = (network.apply(params, obs) * jax.nn.one_hot(action, num_actions)).sum(-1)
+            return 0.5 * jnp.mean((q_taken - target) ** 2), q_taken.mean()
+
+        def minibatch_step(state, minibatch):
+            (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, *minibatch)
+            updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
+            return TrainState(optax.apply_updates(state.params, updates), opt_state), (loss, q_mean)
+
+        batch = jax.tree.map(
+            lambda x: x.reshape(sizes.batch_size, *x.shape[2:]), (rollout.obs, rollout.action, targets)
+        )
+
+        def epoch(state, key):
+            order = jax.random.permutation(key, sizes.batch_size)
+            minibatches = jax.tree.map(
+                lambda x: x[order].reshape(config.num_minibatches, sizes.minibatch_size, *x.shape[1:]), batch
             )
+            return jax.lax.scan(minibatch_step, state, minibatches)
 
-            # UPDATE NETWORK
-            def loss_fn(params, obs, action, target):
-                q_taken = (network.apply(params, obs) * jax.nn.one_hot(action, num_actions)).sum(-1)
-                return 0.5 * jnp.mean((q_taken - target) ** 2), q_taken.mean()
+        state, (losses, q_means) = jax.lax.scan(epoch, state, jax.random.split(key_learn, config.num_epochs))
 
-            def minibatch_step(state, minibatch):
-                (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, *minibatch)
-                updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-                return TrainState(optax.apply_updates(state.params, updates), opt_state), (loss, q_mean)
-
-            batch = jax.tree.map(
-                lambda x: x.reshape(sizes.batch_size, *x.shape[2:]), (rollout.obs, rollout.action, targets)
+        # EVALUATE AND LOG
+        is_eval = ((update_index + 1) % sizes.eval_every == 0) | (update_index == sizes.num_updates - 1)
+        eval_return = jax.lax.cond(
+            is_eval, lambda: greedy_evaluation(state.params, key_eval), lambda: jnp.float32(jnp.nan)
+        )
+        latest_eval_return = jnp.where(is_eval, eval_return, latest_eval_return)
+        done, returns, lengths = episodes
+        metrics = {
+            "env_steps": (update_index + 1) * sizes.batch_size,
+            "episode_return": envs.mean_over_finished(returns, done),
+            "episode_length": envs.mean_over_finished(lengths, done),
+            "td_loss": losses.mean(),
+            "q_mean": q_means.mean(),
+            "epsilon": epsilon,
+            "learning_rate": learning_rate(hp)((update_index + 1) * config.num_epochs * config.num_minibatches),
+            "eval_return": eval_return,
+        }
+        if progress is not None:
+            jax.lax.cond(
+                (update_index + 1) % sizes.progress_every == 0,
+                lambda: jax.debug.callback(
+                    lambda m: progress(**m),
+                    {k: metrics[k] for k in ("env_steps", "episode_return", "td_loss")}
+                    | {"eval_return": latest_eval_return},
+                ),
+                lambda: None,
             )
+        return (hp, state, env_state, obs, latest_eval_return, key), metrics
 
-            def epoch(state, key):
-                order = jax.random.permutation(key, sizes.batch_size)
-                minibatches = jax.tree.map(
-                    lambda x: x[order].reshape(config.num_minibatches, sizes.minibatch_size, *x.shape[1:]), batch
-                )
-                return jax.lax.scan(minibatch_step, state, minibatches)
-
-            state, (losses, q_means) = jax.lax.scan(epoch, state, jax.random.split(key_learn, config.num_epochs))
-
-            # EVALUATE AND LOG
-            is_eval = ((update_index + 1) % sizes.eval_every == 0) | (update_index == sizes.num_updates - 1)
-            eval_return = jax.lax.cond(
-                is_eval, lambda: greedy_evaluation(state.params, key_eval), lambda: jnp.float32(jnp.nan)
-            )
-            latest_eval_return = jnp.where(is_eval, eval_return, latest_eval_return)
-            done, returns, lengths = episodes
-            metrics = {
-                "env_steps": (update_index + 1) * sizes.batch_size,
-                "episode_return": envs.mean_over_finished(returns, done),
-                "episode_length": envs.mean_over_finished(lengths, done),
-                "td_loss": losses.mean(),
-                "q_mean": q_means.mean(),
-                "epsilon": epsilon,
-                "learning_rate": learning_rate((update_index + 1) * config.num_epochs * config.num_minibatches),
-                "eval_return": eval_return,
-            }
-            if progress is not None:
-                jax.lax.cond(
-                    (update_index + 1) % sizes.progress_every == 0,
-                    lambda: jax.debug.callback(
-                        lambda m: progress(**m),
-                        {k: metrics[k] for k in ("env_steps", "episode_return", "td_loss")}
-                        | {"eval_return": latest_eval_return},
-                    ),
-                    lambda: None,
-                )
-            return (state, env_state, obs, latest_eval_return, key), metrics
-
-        carry = (state, env_state, obs, jnp.float32(jnp.nan), key)
-        (state, *_), metrics = jax.lax.scan(update, carry, jnp.arange(sizes.num_updates))
-        return state, metrics
-
-    return train
+    return runlog.Program(init, update, sizes.num_updates, result=lambda carry: carry[1])
 
 
-def main(args: list[str] | None = None) -> dict[str, Any]:
+def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
     run_dir = runlog.run_path(config, "pqn")
-    progress = runlog.Progress(run_dir, sizes.num_updates * sizes.batch_size, config.num_seeds, config.quiet)
-    train = runlog.vmap_seeds(make_train(config, progress))  # raises on a bad config before compiling
-    runlog.start_run(run_dir, config, "pqn")
+    values = sizes.sweep_values or (None,)
+    progress = runlog.Progress(run_dir, sizes.num_updates * sizes.batch_size, config.num_seeds * len(values),
+                               config.quiet)
+    program = make_train(config, progress)  # raises on a bad config before compiling
+    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
+    for directory, run_config in {run_dir: config, **run_configs}.items():
+        runlog.start_run(directory, run_config, "pqn")
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
-        print(f"PQN on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s) x "
+        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
+        print(f"PQN on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid} x "
               f"{sizes.num_updates * sizes.batch_size:,} steps -> {run_dir}", flush=True)
-    (state, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
-    summary = runlog.finish_run(
-        run_dir, config, "pqn", metrics, final_return=metrics["eval_return"][:, -1],
-        checkpoint={"params": state.params, "opt_state": state.opt_state},
-        compile_seconds=compile_seconds, train_seconds=train_seconds,
-    )
-    loss = np.asarray(metrics["td_loss"])
+    state, metrics, compile_seconds, train_seconds = runlog.run_program(
+        program, keys, run_dir, config.num_checkpoints, config.resume,
+        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
+    summaries, curves = [], []
+    for index, (directory, run_config) in enumerate(run_configs.items()):
+        pick = (lambda x: x) if sizes.sweep_name is None else (lambda x: x[index])
+        run_metrics = {k: np.asarray(pick(v)) for k, v in metrics.items()}
+        summaries.append(runlog.finish_run(
+            directory, run_config, "pqn", run_metrics, final_return=run_metrics["eval_return"][:, -1],
+            checkpoint={"params": jax.tree.map(pick, state.params), "opt_state": jax.tree.map(pick, state.opt_state)},
+            compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
+        ))
+        curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
+    loss = np.asarray(metrics["td_loss"]).reshape(-1, sizes.num_updates)
     if not np.isfinite(loss).all():
-        seed, update = np.argwhere(~np.isfinite(loss))[0]
+        learner, update = np.argwhere(~np.isfinite(loss))[0]
         raise SystemExit(
-            f"td_loss became NaN/inf for seed {seed} at env step {int(metrics['env_steps'][seed, update]):,}. "
-            f"Outputs so far are in {run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller "
-            f"--reward-scale."
+            f"td_loss became NaN/inf for learner {learner} (seed x swept value) at update {update}. Outputs so far "
+            f"are in {run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller --reward-scale."
         )
     if not config.quiet:
-        print(f"greedy return {runlog.sparkline(runlog.nanmean_quiet(metrics['eval_return'], axis=0))}")
-        print(f"final greedy return per seed: {summary['final_return']}  "
-              f"({summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s)")
-        print(f"curve: {run_dir / 'curve.png'}  summary: {run_dir / 'summary.json'}")
-    return summary
+        for directory, summary, curve in zip(run_configs, summaries, curves):
+            print(f"{directory}: greedy return {runlog.sparkline(curve)}")
+            print(f"  final greedy return per seed: {summary['final_return']}  "
+                  f"({summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s)")
+        print(f"curves (curve.png) and summaries (summary.json) in {run_dir}")
+    return summaries if sizes.sweep_name else summaries[0]
 
 
 if __name__ == "__main__":
