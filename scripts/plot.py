@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -92,6 +93,19 @@ def read_grid(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------------------------------
 # PLOTS
+
+
+def read_grids(run: Any, run_dir: Path) -> list[tuple[str, list[str], np.ndarray, np.ndarray]]:
+    """[(label, parameter names, points [points, dim], returns [seeds, points])] of one run: its grid.csv
+    (QARL), or every method in results.json (IWOCS evaluates itself and its baselines in one run)."""
+    path = Path(run_dir) / "results.json"
+    if not path.exists():
+        return [(run.label, *read_grid(run_dir))]
+    results = json.loads(path.read_text())
+    points = np.asarray(results["grid"], dtype=float).reshape(-1, len(results["names"]))
+    return [(method, results["names"], points,
+             np.asarray(table["grid_returns_per_seed"], dtype=float).reshape(-1, len(points)))
+            for method, table in results["methods"].items()]
 
 
 def _plt():
@@ -192,13 +206,13 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
         ax.set(xlabel="Q heads k (fitted-Q steps)", ylabel="CombinationLock (effective horizon n)")
         fig.colorbar(image, ax=ax, label="greedy return, IQM over seeds")
     elif figure.kind == "robustness":
-        fig, axes = plt.subplots(1, len(runs) + 1, figsize=(3.6 * (len(runs) + 1), 3.6), dpi=80, squeeze=False)
+        tables = [table for run, run_dir in runs for table in read_grids(run, run_dir)]
+        fig, axes = plt.subplots(1, len(tables) + 1, figsize=(3.6 * (len(tables) + 1), 3.6), dpi=80, squeeze=False)
         axes = axes.ravel()
         worst, average = [], []
-        tables = [read_grid(d) for _, d in runs]
-        vmin = min(t[2][:seeds].mean(0).min() for t in tables)
-        vmax = max(t[2][:seeds].mean(0).max() for t in tables)
-        for ax, (run, _), (names, points, returns) in zip(axes, runs, tables):
+        vmin = min(t[3][:seeds].mean(0).min() for t in tables)
+        vmax = max(t[3][:seeds].mean(0).max() for t in tables)
+        for ax, (label, names, points, returns) in zip(axes, tables):
             returns = returns[:seeds]
             worst.append(returns.min(axis=1))
             average.append(returns.mean(axis=1))
@@ -207,12 +221,12 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
             image = ax.imshow(mean.T, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
                               extent=(*_cell_edges(sides[0]), *_cell_edges(sides[1])))
             ax.set(xlabel=names[0], ylabel=names[1])
-            ax.set_title(f"{run.label}\nworst {iqm(worst[-1][:, None]):.0f}, average {iqm(average[-1][:, None]):.0f}"
+            ax.set_title(f"{label}\nworst {iqm(worst[-1][:, None]):.0f}, average {iqm(average[-1][:, None]):.0f}"
                          " (IQM)", fontsize=8)
-        fig.colorbar(image, ax=axes[len(runs) - 1], label="return (mean of seeds)")
-        labels = [run.label for run, _ in runs]
+        fig.colorbar(image, ax=axes[len(tables) - 1], label="return (mean of seeds)")
+        labels = [table[0] for table in tables]
         bar_panel(axes[-1], [f"{l}: worst" for l in labels] + [f"{l}: average" for l in labels], worst + average,
-                  [colors[i % len(runs)] for i in range(2 * len(runs))], ylabel="grid return")
+                  [colors[i % len(tables)] for i in range(2 * len(tables))], ylabel="grid return")
         axes[-1].set_title("worst and average over the grid", fontsize=9)
     else:
         raise ValueError(f"unknown figure kind {figure.kind!r}")

@@ -14,8 +14,8 @@ into one program. `--scale cpu` is the paper's setting shortened to finish in un
 
 Runs resume: a run whose summary.json already holds at least the requested number of seeds is not rerun,
 so rerunning a figure only trains what is missing (or only replots). Registering a figure is one
-`Figure(...)` entry in REGISTRY below; entries whose algorithm file does not exist yet are listed in
-PLANNED and skipped with a message.
+`Figure(...)` entry in REGISTRY below. A run that was killed part-way continues from its last saved state
+(the algorithm file's `--resume RUN_DIR`) instead of starting again.
 """
 
 from __future__ import annotations
@@ -141,6 +141,18 @@ def qarl_robustness(scale: str) -> list[Run]:
     return [Run(name, "qarl", (*base, *extra), env, labels[name]) for name, extra in variants]
 
 
+def iwocs_worst_case(scale: str) -> list[Run]:
+    """One IWOCS run evaluates itself, its DR fallback and DR / nominal SAC baselines on the same grid."""
+    if scale == "full":
+        return [Run("hopper", "iwocs", ("--preset", "brax-hopper-2d"), "brax/hopper", "IWOCS")]
+    args = ("--preset", "pendulum")
+    if scale == "tiny":
+        args += ("--total-timesteps", "1200", "--learning-starts", "100", "--batch-size", "32", "--hidden-size", "16",
+                 "--max-iterations", "1", "--cmaes-generations", "2", "--cmaes-population", "6",
+                 "--search-episodes", "1", "--eval-grid-per-axis", "3")
+    return [Run("pendulum", "iwocs", args, "Pendulum-v1", "IWOCS")]
+
+
 REGISTRY: dict[str, Figure] = {f.name: f for f in [
     Figure("pqn-cartpole", "pqn", "PQN on CartPole-v1", "curves", pqn_cartpole,
            seeds={"tiny": 2, "cpu": 4, "full": 16},
@@ -173,14 +185,12 @@ REGISTRY: dict[str, Figure] = {f.name: f for f in [
     Figure("qarl-robustness", "qarl", "QARL vs SAC: return over a grid of models", "robustness", qarl_robustness,
            seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k steps", "cpu": "50k steps", "full": "2M steps"},
            curve_key="eval_return", note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper"}),
+    Figure("iwocs-worst-case", "iwocs", "IWOCS vs domain randomization and nominal SAC: return over a grid of models",
+           "robustness", iwocs_worst_case, seeds={"tiny": 2, "cpu": 2, "full": 5},
+           steps={"tiny": "1.2k steps", "cpu": "24k steps", "full": "4M steps"},
+           note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper; every method gets the same budget"}),
 ]}
 
-# Figures whose algorithm file has not landed yet: name -> the file it waits for. To register one, write its
-# run function like the ones above and add a Figure(...) entry to REGISTRY; the robustness plot reads any
-# run's grid.csv (parameters, then return_seed<i> columns), e.g. for IWOCS:
-#   Figure("iwocs-worst-case", "iwocs", "IWOCS: worst case over the uncertainty set", "robustness", iwocs_worst_case,
-#          seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={...})
-PLANNED: dict[str, str] = {"iwocs-worst-case": "algorithms/iwocs.py"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,6 +201,13 @@ def command(run: Run, seeds: int, run_dir: Path) -> list[str]:
     """The subprocess command of one run (from the repository root)."""
     return [sys.executable, str(REPO / "algorithms" / f"{run.algorithm}.py"), *run.args, "--num-seeds", str(seeds),
             "--seed", "0", "--run-dir", str(run_dir), "--quiet"]
+
+
+def can_resume(run_dir: Path, seeds: int) -> bool:
+    """True if run_dir holds a killed run of `seeds` seeds with a saved state to continue from."""
+    config = run_dir / "config.json"
+    return (config.exists() and any(run_dir.glob("resume.*"))
+            and json.loads(config.read_text()).get("num_seeds") == seeds)
 
 
 def is_done(run_dir: Path, seeds: int) -> bool:
@@ -211,6 +228,8 @@ def train(figure: Figure, scale: str, seeds: int, out: Path, log=print) -> list[
             log(f"[{figure.name}] {run.name}: {seeds} seeds already in {run_dir}, not rerun")
         else:
             cmd = command(run, seeds, run_dir)
+            if can_resume(run_dir, seeds):
+                cmd = [*cmd[:2], "--resume", str(run_dir), "--quiet"]
             log(f"[{figure.name}] {run.name}: {' '.join(cmd[1:])}")
             start = time.time()
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -225,12 +244,9 @@ def train(figure: Figure, scale: str, seeds: int, out: Path, log=print) -> list[
 
 def reproduce(name: str, scale: str = "cpu", seeds: int | None = None, out: str | Path = "results",
               log=print) -> Path | None:
-    """Train what is missing and draw the figure; return its path (None for a planned figure)."""
-    if name in PLANNED and name not in REGISTRY:
-        log(f"{name}: waits for {PLANNED[name]}, which does not exist yet; nothing to run.")
-        return None
+    """Train what is missing and draw the figure; return its path (None if its algorithm file is missing)."""
     if name not in REGISTRY:
-        raise SystemExit(f"Unknown figure {name!r}. Choose one of: {', '.join([*REGISTRY, *PLANNED])}.")
+        raise SystemExit(f"Unknown figure {name!r}. Choose one of: {', '.join(REGISTRY)}.")
     figure = REGISTRY[name]
     if not (REPO / "algorithms" / f"{figure.algorithm}.py").exists():
         log(f"{name}: algorithms/{figure.algorithm}.py does not exist; skipped.")
@@ -249,7 +265,7 @@ def reproduce(name: str, scale: str = "cpu", seeds: int | None = None, out: str 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("figure", nargs="?", help=f"one of: {', '.join([*REGISTRY, *PLANNED])}")
+    parser.add_argument("figure", nargs="?", help=f"one of: {', '.join(REGISTRY)}")
     parser.add_argument("--scale", choices=SCALES, default="cpu",
                         help="cpu: shortened for a 2-core CPU (< ~30 min); full: the paper's budget (GPU)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the figure's, per scale)")
@@ -262,8 +278,6 @@ def main(argv: list[str] | None = None) -> None:
                   f"{figure.steps[args.scale]} steps)")
             for run in figure.runs(args.scale):
                 print(f"    {run.name}: python algorithms/{run.algorithm}.py {' '.join(run.args)}")
-        for name, path in PLANNED.items():
-            print(f"{name}: planned, waits for {path}")
         return
     reproduce(args.figure, args.scale, args.seeds, args.out)
 

@@ -5,6 +5,7 @@ compiles for 30-90 s on a 2-core CPU, marked slow), stream-ac-brax is checked th
 import importlib
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -75,12 +76,23 @@ def test_stream_ac_brax_resolved_commands():
     assert reproduce.REGISTRY["stream-ac-brax"].runs("cpu")[0].args[-1] == "100000"
 
 
-def test_planned_figure_is_skipped_with_a_message(tmp_path):
-    messages = []
-    assert reproduce.reproduce("iwocs-worst-case", "tiny", out=tmp_path, log=messages.append) is None
-    assert "algorithms/iwocs.py" in messages[0]
-    with pytest.raises(SystemExit, match="Unknown figure"):
+def test_unknown_figure_lists_the_known_ones(tmp_path):
+    with pytest.raises(SystemExit, match="Unknown figure.*pqn-cartpole"):
         reproduce.reproduce("no-such-figure", "tiny", out=tmp_path)
+
+
+def test_killed_run_is_continued_with_resume(tmp_path, monkeypatch):
+    run_dir = tmp_path / "pqn-cartpole" / "tiny" / "pqn"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text('{"num_seeds": 2}')
+    (run_dir / "resume.npz").write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **k: calls.append(cmd) or SimpleNamespace(returncode=0))
+    reproduce.train(reproduce.REGISTRY["pqn-cartpole"], "tiny", 2, run_dir.parent, log=lambda _: None)
+    assert calls[0][2:] == ["--resume", str(run_dir), "--quiet"]
+    calls.clear()  # another seed count is another run: started afresh
+    reproduce.train(reproduce.REGISTRY["pqn-cartpole"], "tiny", 3, run_dir.parent, log=lambda _: None)
+    assert "--resume" not in calls[0] and "--num-seeds" in calls[0]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +121,7 @@ def test_resume_does_not_retrain(cartpole_out, monkeypatch):
     assert not reproduce.is_done(summary.parent, 3)  # more seeds than are there: that run would be redone
 
 
-@pytest.mark.parametrize("name", ["pqn-minatar", "stream-q-minatar", "sqirl-horizon", "qarl-robustness",
+@pytest.mark.parametrize("name", ["pqn-minatar", "stream-q-minatar", "sqirl-horizon", "qarl-robustness", "iwocs-worst-case",
                                   pytest.param("sac-brax", marks=pytest.mark.slow)])
 def test_tiny_run_of_each_figure(name, tmp_path):
     path = reproduce.reproduce(name, "tiny", out=tmp_path, log=lambda _: None)
