@@ -187,7 +187,7 @@ REGISTRY: dict[str, Figure] = {f.name: f for f in [
            curve_key="eval_return", note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper"}),
     Figure("iwocs-worst-case", "iwocs", "IWOCS vs domain randomization and nominal SAC: return over a grid of models",
            "robustness", iwocs_worst_case, seeds={"tiny": 2, "cpu": 2, "full": 5},
-           steps={"tiny": "1.2k steps", "cpu": "24k steps", "full": "4M steps"},
+           steps={"tiny": "1.2k steps", "cpu": "40k steps", "full": "4M steps"},
            note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper; every method gets the same budget"}),
 ]}
 
