@@ -20,8 +20,9 @@ from tests.test_cli import TINY
 # A hyperparameter per file that --sweep varies inside one program, and three values of it.
 SWEEPS = {
     "pqn": ("lr", (1e-4, 3e-4, 1e-3)),
+    "stream_x": ("td_lambda", (0.2, 0.5, 0.9)),
 }
-RESUMABLE = ["pqn"]
+RESUMABLE = ["pqn", "stream_x"]
 
 
 def leaves(path):
