@@ -16,6 +16,8 @@ Run (from the repository root):
     python algorithms/sqirl.py --num-heads 2                    # k below the lock's horizon: walks away
     python algorithms/sqirl.py --preset cartpole                # CartPole-v1 capped at 200 steps
     python algorithms/sqirl.py --preset minatar --env-id Asterix-MinAtar
+    python algorithms/sqirl.py --preset cartpole --sweep lr=3e-4,1e-3,3e-3  # one program, a run dir per value
+    python algorithms/sqirl.py --resume runs/sqirl_CartPole-v1_...          # continue a run from its last checkpoint
 
 Logged per iteration (metrics_seed<i>.csv): env_steps (the steps the episodes took, per seed: the budget),
 iteration (= the timestep whose policy was frozen), collected (1 if the budget allowed the iteration),
@@ -43,6 +45,7 @@ Choices where the paper and the issue are silent (the authors' code is SB3; note
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -116,6 +119,16 @@ class Config:
     """Also log to Weights & Biases (WANDB_MODE=offline works)."""
     wandb_project: str = "jax-rl-collection"
     """wandb project name."""
+    sweep: str = ""
+    """Train every value of one hyperparameter in one vmapped program, e.g. lr=1e-4,3e-4 (see SWEEPABLE)."""
+    num_checkpoints: int = 10
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    resume: bool = False
+    """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
+
+
+# Hyperparameters that `--sweep` can vary inside one vmapped program (they enter the run as numbers).
+SWEEPABLE = ("lr", "gamma", "max_grad_norm", "reward_scale", "loss_smoothing")
 
 
 # The authors' regression settings are Adam 1e-4, batch 128, 10 epochs over the new data, clip 10, γ 0.99.
@@ -144,6 +157,8 @@ class Sizes(NamedTuple):
     max_gradient_steps: int  # per iteration, when every slot of the iteration holds new data
     eval_every: int
     progress_every: int
+    sweep_name: str | None
+    sweep_values: tuple[float, ...]
 
 
 def derive_sizes(config: Config) -> Sizes:
@@ -165,12 +180,17 @@ def derive_sizes(config: Config) -> Sizes:
     if not 0.0 <= config.loss_smoothing < 1.0:
         raise ValueError(f"loss_smoothing must be in [0, 1), got {config.loss_smoothing}.")
     slots_per_iteration = config.horizon * config.episodes_per_iteration
+    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    for value in sweep_values:  # every swept value must be a valid config on its own
+        derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(
         num_iterations=config.horizon,
         buffer_slots=config.replay_iterations * slots_per_iteration,
         max_gradient_steps=-(-slots_per_iteration * config.num_epochs // config.batch_size),
         eval_every=max(config.horizon // config.num_evals, 1),
         progress_every=max(config.horizon // 100, 1),
+        sweep_name=sweep_name,
+        sweep_values=sweep_values,
     )
 
 
@@ -280,18 +300,33 @@ def normalized_head_loss(q_taken: jax.Array, targets: jax.Array, loss_average: j
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> Callable:
-    """Build `train(key) -> (TrainState, per-timestep policy snapshots, metrics)`, one jittable function.
+class Program(runlog.Program):
+    """A `runlog.Program` whose result is (TrainState, snapshots). Calling it runs the whole run in one scan
+    and returns them flat, (TrainState, snapshots, metrics), as make_train(config)(key) always has."""
+
+    def __call__(self, key, hparams: dict[str, Any] | None = None):
+        (state, snapshots), metrics = super().__call__(key, hparams)
+        return state, snapshots, metrics
+
+
+def make_train(config: Config, progress: Callable | None = None) -> Program:
+    """Build the whole run as a `Program`: `make_train(config)(key) -> (TrainState, per-timestep policy
+    snapshots, metrics)` runs it in one jittable scan over iterations; `runlog.run_program` runs it in
+    checkpointed chunks (init, then `update`, one iteration, scanned).
 
     The snapshots are the frozen parameters of every timestep's policy as one stacked pytree (leading
-    axis = timestep). `progress`, if given, is called from inside the run every ~1% of the iterations.
+    axis = timestep). `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for
+    `--sweep`. `progress`, if given, is called from inside the run every ~1% of the iterations.
     Bad configs raise here, before anything is compiled.
     """
     sizes = derive_sizes(config)
     env, env_params, num_actions = make_env(config)
     network = MultiHeadQNetwork(num_actions, config.num_heads, config.hidden_size, config.num_layers,
                                 conv=config.network == "cnn")
-    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr))
+
+    def optimizer(hp):
+        return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), optax.adam(hp["lr"]))
+
     horizon, num_episodes, batch_size = config.horizon, config.episodes_per_iteration, config.batch_size
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
@@ -333,17 +368,18 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         _, _, reward, _, alive = run_episodes(key, config.num_eval_envs, choose)
         return jnp.where(alive, reward, 0.0).sum(0).mean()
 
-    def loss_fn(params, obs, action, targets, loss_average):
+    def loss_fn(params, obs, action, targets, loss_average, loss_smoothing):
         q = network.apply(params, obs)  # [batch, k, |A|]
         q_taken = (q * jax.nn.one_hot(action, num_actions)[:, None, :]).sum(-1)
         loss, per_head, loss_average = normalized_head_loss(
-            q_taken, targets, loss_average, config.loss_smoothing, config.normalize_losses)
+            q_taken, targets, loss_average, loss_smoothing, config.normalize_losses)
         return loss, (per_head, loss_average, q_taken[:, -1].mean())
 
-    def train(key):
+    def init(key, hparams):
+        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
         key, key_params = jax.random.split(key)
         params = network.init(key_params, jnp.zeros((1, *obs_shape)))
-        state = TrainState(params, optimizer.init(params), jnp.full(config.num_heads, jnp.nan))
+        state = TrainState(params, optimizer(hp).init(params), jnp.full(config.num_heads, jnp.nan))
         snapshots = jax.tree.map(lambda p: jnp.zeros((horizon, *p.shape), p.dtype), params)
         slots = (config.replay_iterations, horizon, num_episodes)
         buffer = Transition(
@@ -351,148 +387,162 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
             reward=jnp.zeros(slots), done=jnp.zeros(slots, bool), mc_return=jnp.zeros(slots),
             valid=jnp.zeros(slots, bool),
         )
+        return hp, state, snapshots, buffer, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.nan), key
 
-        def collect_and_learn(i, state, snapshots, buffer, key):
-            key_rollout, key_learn = jax.random.split(key)
+    def collect_and_learn(i, hp, state, snapshots, buffer, key):
+        key_rollout, key_learn = jax.random.split(key)
 
-            # COLLECT EPISODES: frozen greedy policies for t < i, uniformly random from t = i on
-            def choose(t, obs, key):
-                greedy = jax.lax.cond(
-                    t < i, lambda: greedy_action(jax.tree.map(lambda s: s[t], snapshots), obs),
-                    lambda: jnp.zeros(num_episodes, jnp.int32))
-                return jnp.where(t < i, greedy, jax.random.randint(key, (num_episodes,), 0, num_actions))
+        # COLLECT EPISODES: frozen greedy policies for t < i, uniformly random from t = i on
+        def choose(t, obs, key):
+            greedy = jax.lax.cond(
+                t < i, lambda: greedy_action(jax.tree.map(lambda s: s[t], snapshots), obs),
+                lambda: jnp.zeros(num_episodes, jnp.int32))
+            return jnp.where(t < i, greedy, jax.random.randint(key, (num_episodes,), 0, num_actions))
 
-            obs, action, reward, done, alive = run_episodes(key_rollout, num_episodes, choose)
+        obs, action, reward, done, alive = run_episodes(key_rollout, num_episodes, choose)
 
-            # MONTE-CARLO RETURNS-TO-GO (of the random policy, from every t >= i)
-            scaled_reward = config.reward_scale * reward
-            mc_return = monte_carlo_returns(scaled_reward, done, config.gamma)
-            valid = alive & (timesteps[:, None] >= i)
-            new = Transition(obs.astype(jnp.float32), action, scaled_reward, done, mc_return, valid)
-            buffer = jax.tree.map(lambda b, x: b.at[i % config.replay_iterations].set(x), buffer, new)
+        # MONTE-CARLO RETURNS-TO-GO (of the random policy, from every t >= i)
+        scaled_reward = hp["reward_scale"] * reward
+        mc_return = monte_carlo_returns(scaled_reward, done, hp["gamma"])
+        valid = alive & (timesteps[:, None] >= i)
+        new = Transition(obs.astype(jnp.float32), action, scaled_reward, done, mc_return, valid)
+        buffer = jax.tree.map(lambda b, x: b.at[i % config.replay_iterations].set(x), buffer, new)
 
-            # REGRESS THE K HEADS: uniform minibatches from the ring's valid slots
-            flat = jax.tree.map(lambda x: x.reshape(sizes.buffer_slots, *x.shape[3:]), buffer)
-            valid_count = jnp.cumsum(flat.valid)
-            num_new = valid.sum()
-            num_gradient_steps = (num_new * config.num_epochs + batch_size - 1) // batch_size
+        # REGRESS THE K HEADS: uniform minibatches from the ring's valid slots
+        flat = jax.tree.map(lambda x: x.reshape(sizes.buffer_slots, *x.shape[3:]), buffer)
+        valid_count = jnp.cumsum(flat.valid)
+        num_new = valid.sum()
+        num_gradient_steps = (num_new * config.num_epochs + batch_size - 1) // batch_size
 
-            def gradient_step(step, carry):
-                state, sums = carry
-                draw = jax.random.randint(jax.random.fold_in(key_learn, step), (batch_size,), 0,
-                                          jnp.maximum(valid_count[-1], 1))
-                index = jnp.searchsorted(valid_count, draw, side="right")  # the draw-th valid slot
-                timestep = (index // num_episodes) % horizon
-                next_index = jnp.where(timestep < horizon - 1, index + num_episodes, index)  # s_{t+1}
-                batch = jax.tree.map(lambda x: x[index], flat)
-                next_q = network.apply(state.params, flat.obs[next_index])
-                targets = head_targets(next_q, batch.reward, batch.done, batch.mc_return, config.gamma)
-                (loss, (per_head, loss_average, q_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                    state.params, batch.obs, batch.action, targets, state.loss_average)
-                updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-                state = TrainState(optax.apply_updates(state.params, updates), opt_state, loss_average)
-                return state, jax.tree.map(jnp.add, sums, (loss, per_head, q_mean))
+        def gradient_step(step, carry):
+            state, sums = carry
+            draw = jax.random.randint(jax.random.fold_in(key_learn, step), (batch_size,), 0,
+                                      jnp.maximum(valid_count[-1], 1))
+            index = jnp.searchsorted(valid_count, draw, side="right")  # the draw-th valid slot
+            timestep = (index // num_episodes) % horizon
+            next_index = jnp.where(timestep < horizon - 1, index + num_episodes, index)  # s_{t+1}
+            batch = jax.tree.map(lambda x: x[index], flat)
+            next_q = network.apply(state.params, flat.obs[next_index])
+            targets = head_targets(next_q, batch.reward, batch.done, batch.mc_return, hp["gamma"])
+            (loss, (per_head, loss_average, q_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, batch.obs, batch.action, targets, state.loss_average, hp["loss_smoothing"])
+            updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
+            state = TrainState(optax.apply_updates(state.params, updates), opt_state, loss_average)
+            return state, jax.tree.map(jnp.add, sums, (loss, per_head, q_mean))
 
-            zeros = (jnp.float32(0), jnp.zeros(config.num_heads), jnp.float32(0))
-            state, sums = jax.lax.fori_loop(0, num_gradient_steps, gradient_step, (state, zeros))
-            loss, per_head, q_mean = jax.tree.map(
-                lambda s: jnp.where(num_gradient_steps > 0, s / jnp.maximum(num_gradient_steps, 1), jnp.nan), sums)
+        zeros = (jnp.float32(0), jnp.zeros(config.num_heads), jnp.float32(0))
+        state, sums = jax.lax.fori_loop(0, num_gradient_steps, gradient_step, (state, zeros))
+        loss, per_head, q_mean = jax.tree.map(
+            lambda s: jnp.where(num_gradient_steps > 0, s / jnp.maximum(num_gradient_steps, 1), jnp.nan), sums)
 
-            # FREEZE THE POLICY FOR TIMESTEP i
-            snapshots = jax.tree.map(lambda s, p: s.at[i].set(p), snapshots, state.params)
-            stats = {
-                "env_steps_taken": alive.sum(),
-                "collected": jnp.int32(1),
-                "episode_return": jnp.where(alive, reward, 0.0).sum(0).mean(),
-                "episode_length": alive.sum(0).mean(),
-                "loss": loss,
-                **{f"loss_head{j + 1}": per_head[j] for j in range(config.num_heads)},
-                "q_mean": q_mean,
-                "gradient_steps": num_gradient_steps,
-                "new_transitions": num_new,
-            }
-            return state, snapshots, buffer, stats
+        # FREEZE THE POLICY FOR TIMESTEP i
+        snapshots = jax.tree.map(lambda s, p: s.at[i].set(p), snapshots, state.params)
+        stats = {
+            "env_steps_taken": alive.sum(),
+            "collected": jnp.int32(1),
+            "episode_return": jnp.where(alive, reward, 0.0).sum(0).mean(),
+            "episode_length": alive.sum(0).mean(),
+            "loss": loss,
+            **{f"loss_head{j + 1}": per_head[j] for j in range(config.num_heads)},
+            "q_mean": q_mean,
+            "gradient_steps": num_gradient_steps,
+            "new_transitions": num_new,
+        }
+        return state, snapshots, buffer, stats
 
-        def skip(i, state, snapshots, buffer, key):
-            nan = jnp.float32(jnp.nan)
-            stats = {"env_steps_taken": jnp.int32(0), "collected": jnp.int32(0), "episode_return": nan,
-                     "episode_length": nan, "loss": nan, **{f"loss_head{j + 1}": nan for j in range(config.num_heads)},
-                     "q_mean": nan, "gradient_steps": jnp.int32(0), "new_transitions": jnp.int32(0)}
-            return state, snapshots, buffer, stats
+    def skip(i, hp, state, snapshots, buffer, key):
+        nan = jnp.float32(jnp.nan)
+        stats = {"env_steps_taken": jnp.int32(0), "collected": jnp.int32(0), "episode_return": nan,
+                 "episode_length": nan, "loss": nan, **{f"loss_head{j + 1}": nan for j in range(config.num_heads)},
+                 "q_mean": nan, "gradient_steps": jnp.int32(0), "new_transitions": jnp.int32(0)}
+        return state, snapshots, buffer, stats
 
-        def iteration(carry, i):
-            state, snapshots, buffer, env_steps, num_frozen, latest_eval_return, key = carry
-            key, key_iteration, key_eval = jax.random.split(key, 3)
-            in_budget = env_steps < config.total_timesteps
-            state, snapshots, buffer, stats = jax.lax.cond(
-                in_budget, collect_and_learn, skip, i, state, snapshots, buffer, key_iteration)
-            env_steps = env_steps + stats.pop("env_steps_taken")
-            num_frozen = num_frozen + stats["collected"]
+    def update(carry, i):  # one iteration: learn and freeze the policy of timestep i
+        hp, state, snapshots, buffer, env_steps, num_frozen, latest_eval_return, key = carry
+        key, key_iteration, key_eval = jax.random.split(key, 3)
+        in_budget = env_steps < config.total_timesteps
+        state, snapshots, buffer, stats = jax.lax.cond(
+            in_budget, collect_and_learn, skip, i, hp, state, snapshots, buffer, key_iteration)
+        env_steps = env_steps + stats.pop("env_steps_taken")
+        num_frozen = num_frozen + stats["collected"]
 
-            # EVALUATE AND LOG
-            is_eval = ((i + 1) % sizes.eval_every == 0) | (i == horizon - 1)
-            eval_return = jax.lax.cond(
-                is_eval, lambda: greedy_evaluation(key_eval, num_frozen, snapshots, state.params),
-                lambda: jnp.float32(jnp.nan))
-            latest_eval_return = jnp.where(is_eval, eval_return, latest_eval_return)
-            metrics = {"env_steps": env_steps, "iteration": i, **stats, "eval_return": eval_return}
-            if progress is not None:
-                jax.lax.cond(
-                    (i + 1) % sizes.progress_every == 0,
-                    lambda: jax.debug.callback(
-                        lambda m: progress(**m),
-                        {"env_steps": (i + 1) * num_episodes * horizon, "budget_used": env_steps,
-                         "loss": stats["loss"], "eval_return": latest_eval_return},
-                    ),
-                    lambda: None,
-                )
-            return (state, snapshots, buffer, env_steps, num_frozen, latest_eval_return, key), metrics
+        # EVALUATE AND LOG
+        is_eval = ((i + 1) % sizes.eval_every == 0) | (i == horizon - 1)
+        eval_return = jax.lax.cond(
+            is_eval, lambda: greedy_evaluation(key_eval, num_frozen, snapshots, state.params),
+            lambda: jnp.float32(jnp.nan))
+        latest_eval_return = jnp.where(is_eval, eval_return, latest_eval_return)
+        metrics = {"env_steps": env_steps, "iteration": i, **stats, "eval_return": eval_return}
+        if progress is not None:
+            jax.lax.cond(
+                (i + 1) % sizes.progress_every == 0,
+                lambda: jax.debug.callback(
+                    lambda m: progress(**m),
+                    {"env_steps": (i + 1) * num_episodes * horizon, "budget_used": env_steps,
+                     "loss": stats["loss"], "eval_return": latest_eval_return},
+                ),
+                lambda: None,
+            )
+        return (hp, state, snapshots, buffer, env_steps, num_frozen, latest_eval_return, key), metrics
 
-        carry = (state, snapshots, buffer, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.nan), key)
-        (state, snapshots, *_), metrics = jax.lax.scan(iteration, carry, jnp.arange(horizon))
-        return state, snapshots, metrics
-
-    return train
+    return Program(init, update, sizes.num_iterations, result=lambda carry: (carry[1], carry[2]))
 
 
-def main(args: list[str] | None = None) -> dict[str, Any]:
+def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
     run_dir = runlog.run_path(config, "sqirl")
+    values = sizes.sweep_values or (None,)
     simulated_steps = sizes.num_iterations * config.episodes_per_iteration * config.horizon
-    progress = runlog.Progress(run_dir, simulated_steps, config.num_seeds, config.quiet)
-    train = runlog.vmap_seeds(make_train(config, progress))  # raises on a bad config before compiling
-    runlog.start_run(run_dir, config, "sqirl")
+    progress = runlog.Progress(run_dir, simulated_steps, config.num_seeds * len(values), config.quiet)
+    program = make_train(config, progress)  # raises on a bad config before compiling
+    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
+    for directory, run_config in {run_dir: config, **run_configs}.items():
+        runlog.start_run(directory, run_config, "sqirl")
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
-        print(f"SQIRL on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s): horizon "
+        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
+        print(f"SQIRL on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid}: horizon "
               f"{config.horizon}, k = {config.num_heads}, m = {config.episodes_per_iteration}, budget "
               f"{config.total_timesteps:,} steps -> {run_dir}", flush=True)
-    (state, snapshots, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
-    iterations_run = np.asarray(metrics["collected"]).sum(axis=1)
-    summary = runlog.finish_run(
-        run_dir, config, "sqirl", metrics, final_return=metrics["eval_return"][:, -1],
-        checkpoint={"params": state.params, "opt_state": state.opt_state, "policy_snapshots": snapshots},
-        compile_seconds=compile_seconds, train_seconds=train_seconds,
-        extra_summary={"iterations_run": iterations_run.tolist(), "num_heads": config.num_heads,
-                       "horizon": config.horizon},
-    )
+    (state, snapshots), metrics, compile_seconds, train_seconds = runlog.run_program(
+        program, keys, run_dir, config.num_checkpoints, config.resume,
+        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
+    summaries, curves, iterations = [], [], []
+    for index, (directory, run_config) in enumerate(run_configs.items()):
+        pick = (lambda x: x) if sizes.sweep_name is None else (lambda x: x[index])
+        run_metrics = {k: np.asarray(pick(v)) for k, v in metrics.items()}
+        iterations_run = run_metrics["collected"].sum(axis=1)
+        summaries.append(runlog.finish_run(
+            directory, run_config, "sqirl", run_metrics, final_return=run_metrics["eval_return"][:, -1],
+            checkpoint={"params": jax.tree.map(pick, state.params), "opt_state": jax.tree.map(pick, state.opt_state),
+                        "policy_snapshots": jax.tree.map(pick, snapshots)},
+            compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
+            extra_summary={"iterations_run": iterations_run.tolist(), "num_heads": config.num_heads,
+                           "horizon": config.horizon},
+        ))
+        curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
+        iterations.append(iterations_run)
     loss = np.asarray(metrics["loss"])
     collected = np.asarray(metrics["collected"]) > 0
     bad = collected & ~np.isfinite(loss) & (np.asarray(metrics["gradient_steps"]) > 0)
     if bad.any():
-        seed, iteration = np.argwhere(bad)[0]
+        *value_index, seed, iteration = np.argwhere(bad)[0]
+        swept = f" ({sizes.sweep_name}={sizes.sweep_values[value_index[0]]:g})" if sizes.sweep_name else ""
         raise SystemExit(
-            f"The loss became NaN/inf for seed {seed} at iteration {iteration}. Outputs so far are in {run_dir}. "
-            f"Try a lower --lr, a lower --max-grad-norm or a smaller --reward-scale."
+            f"The loss became NaN/inf for seed {seed}{swept} at iteration {iteration}. Outputs so far are in "
+            f"{run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller --reward-scale."
         )
     if not config.quiet:
-        print(f"greedy return {runlog.sparkline(runlog.nanmean_quiet(metrics['eval_return'], axis=0))}")
-        print(f"final greedy return per seed: {summary['final_return']}  ({summary['env_steps']:,} env steps in "
-              f"{iterations_run.min()} iterations; {summary['env_steps_per_second']:,.0f} env steps/s, compile "
-              f"{compile_seconds:.1f}s)")
-        print(f"curve: {run_dir / 'curve.png'}  summary: {run_dir / 'summary.json'}")
-    return summary
+        for directory, summary, curve, iterations_run in zip(run_configs, summaries, curves, iterations):
+            label = f"{directory.name}: " if sizes.sweep_name else ""
+            print(f"{label}greedy return {runlog.sparkline(curve)}")
+            print(f"{label}final greedy return per seed: {summary['final_return']}  ({summary['env_steps']:,} env "
+                  f"steps in {iterations_run.min()} iterations; {summary['env_steps_per_second']:,.0f} env steps/s, "
+                  f"compile {compile_seconds:.1f}s)")
+            print(f"{label}curve: {directory / 'curve.png'}  summary: {directory / 'summary.json'}")
+    return summaries if sizes.sweep_name else summaries[0]
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ a small grid of one hyperparameter, are vmapped, so dozens of learners train in 
 Run (from the repository root):
     python algorithms/stream_x.py                                 # stream Q(λ) on CartPole-v1
     python algorithms/stream_x.py --preset pendulum-ac --num-seeds 8
-    python algorithms/stream_x.py --preset td --sweep td_lambda=0.0,0.4,0.8,0.95
+    python algorithms/stream_x.py --preset td --sweep td_lambda=0.0,0.4,0.8,0.95   # one run dir per value
     python algorithms/stream_x.py --preset minatar-q --env-id SpaceInvaders-MinAtar
+    python algorithms/stream_x.py --resume runs/stream_x_CartPole-v1_...   # continue a run from its last checkpoint
 
 Logged per row (metrics_seed<i>.csv; a row is total_timesteps / num_log_rows steps): env_steps,
 episode_return / episode_length (mean over the episodes that finished in the row, NaN if none; unscaled
@@ -54,10 +55,6 @@ import numpy as np
 
 import envs
 import runlog
-
-# Hyperparameters that `--sweep` can vary inside one vmapped program (they enter the run as numbers).
-SWEEPABLE = ("lr", "td_lambda", "kappa", "kappa_policy", "entropy_coeff")
-
 
 @dataclass(frozen=True)
 class Config:
@@ -116,9 +113,6 @@ class Config:
     """At a time limit bootstrap from the final observation (False: treat it as termination, as the authors)."""
     backend: str = "generalized"
     """Physics backend for brax ids: generalized, positional, spring or mjx."""
-    sweep: str = ""
-    """One hyperparameter grid vmapped with the seeds: NAME=V1,V2,... with NAME one of lr, td_lambda, kappa,
-    kappa_policy, entropy_coeff. Each value gets its own run directory inside --run-dir."""
     num_log_rows: int = 200
     """Rows of logged metrics over the run (each averages total_timesteps / num_log_rows steps)."""
     run_dir: str | None = None
@@ -131,6 +125,16 @@ class Config:
     """Also log to Weights & Biases (WANDB_MODE=offline works)."""
     wandb_project: str = "jax-rl-collection"
     """wandb project name."""
+    sweep: str = ""
+    """Train every value of one hyperparameter in one vmapped program, e.g. lr=1e-4,3e-4 (see SWEEPABLE)."""
+    num_checkpoints: int = 10
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    resume: bool = False
+    """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
+
+
+# Hyperparameters that `--sweep` can vary inside one vmapped program (they enter the run as numbers).
+SWEEPABLE = ("lr", "td_lambda", "kappa", "kappa_policy", "entropy_coeff")
 
 
 # The authors' values: α 1, γ 0.99, λ 0.8, κ 2 (value) and 3 (policy), entropy 0.01, ε 1 -> 0.01 over 5% of
@@ -165,24 +169,6 @@ class Sizes(NamedTuple):
     sweep_values: tuple[float, ...]
 
 
-def parse_sweep(sweep: str) -> tuple[str | None, tuple[float, ...]]:
-    """'td_lambda=0.4,0.8' -> ('td_lambda', (0.4, 0.8)); '' -> (None, ())."""
-    if not sweep:
-        return None, ()
-    name, _, values = sweep.partition("=")
-    name = name.strip().replace("-", "_")
-    if name not in SWEEPABLE:
-        raise ValueError(f"--sweep {sweep!r}: {name!r} cannot be swept; choose one of {', '.join(SWEEPABLE)} "
-                         f"(e.g. --sweep td_lambda=0.4,0.8,0.95).")
-    try:
-        parsed = tuple(float(v) for v in values.split(","))
-    except ValueError:
-        raise ValueError(f"--sweep {sweep!r}: values must be numbers separated by commas, e.g. {name}=0.5,1,2.")
-    if len(set(parsed)) != len(parsed):
-        raise ValueError(f"--sweep {sweep!r}: the values repeat.")
-    return name, parsed
-
-
 def derive_sizes(config: Config) -> Sizes:
     """Check the config and derive the loop sizes; raise before anything is compiled."""
     for name in ("num_seeds", "num_layers", "hidden_size", "num_log_rows"):
@@ -200,7 +186,9 @@ def derive_sizes(config: Config) -> Sizes:
     if num_rows < 1:
         raise ValueError(f"total_timesteps must be at least 1, got {config.total_timesteps}.")
     steps_per_row = config.total_timesteps // num_rows
-    sweep_name, sweep_values = parse_sweep(config.sweep)
+    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    for value in sweep_values:  # every swept value must be a valid config on its own
+        derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(num_rows, steps_per_row, num_rows * steps_per_row, sweep_name, sweep_values)
 
 
@@ -368,11 +356,14 @@ class LearnerState(NamedTuple):
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> Callable:
-    """Build `train(key, overrides=None) -> (LearnerState, metrics)`: one learner's whole run, jittable.
+def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
+    """Build one learner's whole run as a `runlog.Program`: `make_train(config)(key) -> (LearnerState, metrics)`
+    runs it in one jittable scan over logged rows; `runlog.run_program` runs it in checkpointed chunks (init,
+    then `update`, one logged row of steps_per_row agent steps, scanned).
 
-    `overrides` maps names in SWEEPABLE to (possibly traced) values that replace the config's, which is how
-    `--sweep` vmaps over a grid. `progress`, if given, is called from inside the run every logged row.
+    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
+    `progress`, if given, is called from inside the run every logged row. Bad configs raise here, before
+    anything is compiled.
     """
     sizes = derive_sizes(config)
     env, env_params, action_spec = make_env(config)
@@ -464,48 +455,45 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
 
     agent_step = {"q": q_step, "ac": ac_step, "td": td_step}[config.learner]
 
-    def train(key, overrides: dict[str, Any] | None = None):
-        hp = {name: getattr(config, name) for name in SWEEPABLE} | (overrides or {})
+    def init(key, hparams):
+        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
         key, key_value, key_actor, key_reset = jax.random.split(key, 4)
         obs, env_state = env.reset(key_reset, env_params)
         params = value_net.init(key_value, jnp.zeros(obs_shape))
         if config.learner == "ac":
             params = {"actor": actor.init(key_actor, jnp.zeros(obs_shape)), "critic": params}
         traces = jax.tree.map(jnp.zeros_like, params)
-        state = LearnerState(params, traces, env_state, obs, jnp.int32(0))
+        return hp, LearnerState(params, traces, env_state, obs, jnp.int32(0)), key
 
-        def log_row(carry, row_index):
-            state, key = carry
-            key, key_row = jax.random.split(key)
+    def update(carry, row_index):  # one logged row: steps_per_row agent steps
+        hp, state, key = carry
+        key, key_row = jax.random.split(key)
 
-            def step(state, key):
-                state, info, stats = agent_step(state, key, hp)
-                return state, (info["episode_done"], info["episode_return"], info["episode_length"], stats)
+        def step(state, key):
+            state, info, stats = agent_step(state, key, hp)
+            return state, (info["episode_done"], info["episode_return"], info["episode_length"], stats)
 
-            state, (done, returns, lengths, stats) = jax.lax.scan(
-                step, state, jax.random.split(key_row, sizes.steps_per_row))
+        state, (done, returns, lengths, stats) = jax.lax.scan(
+            step, state, jax.random.split(key_row, sizes.steps_per_row))
 
-            # LOG
-            metrics = {
-                "env_steps": (row_index + 1) * sizes.steps_per_row,
-                "episode_return": envs.mean_over_finished(returns, done),
-                "episode_length": envs.mean_over_finished(lengths, done),
-                "episodes": done.sum(),
-                **{name: values.mean() for name, values in stats.items()},
-            }
-            if config.learner == "td":
-                predicted = jax.vmap(value, in_axes=(None, 0))(state.params, all_obs)
-                metrics["rms_error"] = jnp.sqrt(jnp.mean((predicted - true_values) ** 2))
-            if progress is not None:
-                shown = ("env_steps", "episode_return", "abs_td_error") + (("rms_error",) if "rms_error" in metrics
-                                                                           else ())
-                jax.debug.callback(lambda m: progress(**m), {k: metrics[k] for k in shown})
-            return (state, key), metrics
+        # LOG
+        metrics = {
+            "env_steps": (row_index + 1) * sizes.steps_per_row,
+            "episode_return": envs.mean_over_finished(returns, done),
+            "episode_length": envs.mean_over_finished(lengths, done),
+            "episodes": done.sum(),
+            **{name: values.mean() for name, values in stats.items()},
+        }
+        if config.learner == "td":
+            predicted = jax.vmap(value, in_axes=(None, 0))(state.params, all_obs)
+            metrics["rms_error"] = jnp.sqrt(jnp.mean((predicted - true_values) ** 2))
+        if progress is not None:
+            shown = ("env_steps", "episode_return", "abs_td_error") + (("rms_error",) if "rms_error" in metrics
+                                                                       else ())
+            jax.debug.callback(lambda m: progress(**m), {k: metrics[k] for k in shown})
+        return (hp, state, key), metrics
 
-        (state, _), metrics = jax.lax.scan(log_row, (state, key), jnp.arange(sizes.num_rows))
-        return state, metrics
-
-    return train
+    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[1])
 
 
 def final_training_return(metrics: dict[str, np.ndarray], fraction: float = 0.1) -> np.ndarray:
@@ -517,33 +505,26 @@ def final_training_return(metrics: dict[str, np.ndarray], fraction: float = 0.1)
     return np.where(counts.sum(1) > 0, total / np.maximum(counts.sum(1), 1), np.nan)
 
 
-def main(args: list[str] | None = None) -> list[dict[str, Any]]:
+def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
     run_dir = runlog.run_path(config, "stream_x")
     values = sizes.sweep_values or (None,)
     num_learners = config.num_seeds * len(values)
     progress = runlog.Progress(run_dir, sizes.total_steps, num_learners, config.quiet)
-    train = make_train(config, progress)  # raises on a bad config before compiling
-    keys = runlog.seed_keys(config.seed, config.num_seeds)
-    if sizes.sweep_name is None:
-        run, run_args = runlog.vmap_seeds(train), (keys,)
-        run_configs = {run_dir: config}
-    else:  # the grid as an outer vmap around the seeds: metrics get a leading [num_values] axis
-        sweep_name = sizes.sweep_name
-        run = jax.vmap(lambda value, keys: jax.vmap(lambda key: train(key, {sweep_name: value}))(keys),
-                       in_axes=(0, None))
-        run_args = (jnp.asarray(values, jnp.float32), keys)
-        run_configs = {run_dir / f"{sweep_name}={v:g}": dataclasses.replace(config, **{sweep_name: v}, sweep="")
-                       for v in values}
-    runlog.start_run(run_dir, config, "stream_x")
-    for directory, run_config in run_configs.items():
+    program = make_train(config, progress)  # raises on a bad config before compiling
+    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
+    for directory, run_config in {run_dir: config, **run_configs}.items():
         runlog.start_run(directory, run_config, "stream_x")
+    keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
         grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
         print(f"stream {config.learner.upper()}(λ) on {config.env_id} ({config.preset} preset), "
               f"{config.num_seeds} seed(s){grid} x {sizes.total_steps:,} steps -> {run_dir}", flush=True)
-    (state, metrics), compile_seconds, train_seconds = runlog.compile_and_run(run, *run_args)
+    state, metrics, compile_seconds, train_seconds = runlog.run_program(
+        program, keys, run_dir, config.num_checkpoints, config.resume,
+        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
     curve_key = "rms_error" if config.learner == "td" else "episode_return"
     summaries, curves = [], []
     for index, (directory, run_config) in enumerate(run_configs.items()):
@@ -569,9 +550,9 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"  final training return per seed: {[round(r, 2) for r in summary['final_return']]}"
                   + (f"  final RMS error: {[round(e, 4) for e in summary['final_rms_error']]}"
                      if "final_rms_error" in summary else ""))
-        print(f"{sizes.total_steps * num_learners / train_seconds:,.0f} env steps/s over all {num_learners} "
+        print(f"{sizes.total_steps * num_learners / max(train_seconds, 1e-9):,.0f} env steps/s over all {num_learners} "
               f"learners, compile {compile_seconds:.1f}s; curves and summaries in {run_dir}")
-    return summaries
+    return summaries if sizes.sweep_name else summaries[0]
 
 
 if __name__ == "__main__":

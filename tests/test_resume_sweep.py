@@ -20,8 +20,10 @@ from tests.test_cli import TINY
 # A hyperparameter per file that --sweep varies inside one program, and three values of it.
 SWEEPS = {
     "pqn": ("lr", (1e-4, 3e-4, 1e-3)),
+    "stream_x": ("td_lambda", (0.2, 0.5, 0.9)),
+    "sqirl": ("lr", (1e-4, 1e-3, 1e-2)),
 }
-RESUMABLE = ["pqn"]
+RESUMABLE = ["pqn", "stream_x", "sqirl"]
 
 
 def leaves(path):
@@ -69,7 +71,7 @@ def test_sweep_equals_separate_runs(name, tmp_path):
     for value, summary in zip(values, summaries):
         directory = tmp_path / f"{param}={value:g}"
         assert json.loads((directory / "config.json").read_text())[param] == pytest.approx(value)
-        _, metrics = separate(keys, jax.numpy.float32(value))
+        metrics = separate(keys, jax.numpy.float32(value))[-1]  # a run returns (..., metrics)
         for seed, rows in enumerate(read_metrics(directory, 2)):
             for column in rows.dtype.names:
                 np.testing.assert_allclose(rows[column], np.asarray(metrics[column][seed], float), rtol=1e-5,
@@ -77,7 +79,7 @@ def test_sweep_equals_separate_runs(name, tmp_path):
     # ... and setting a value through the config is the same run as overriding it.
     single = runlog.parse_config(module.Config, module.PRESETS, [*TINY[name], f"--{param.replace('_', '-')}",
                                                                  f"{values[1]:g}", "--quiet"])
-    _, direct = jax.jit(jax.vmap(module.make_train(single)))(keys)
+    direct = jax.jit(jax.vmap(module.make_train(single)))(keys)[-1]
     for column, series in direct.items():
         np.testing.assert_allclose(np.asarray(series, float), read_sweep_column(tmp_path, param, values[1], column),
                                    rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=column)
