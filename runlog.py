@@ -2,12 +2,12 @@
 
 An algorithm file's `main()` uses it in this order:
 
-    config = runlog.parse_config(Config, PRESETS)            # tyro CLI with `--preset`
+    config = runlog.parse_config(Config, PRESETS)            # tyro CLI with `--preset` (and `--resume DIR`)
     run_dir = runlog.run_path(config, "pqn")
     progress = runlog.Progress(run_dir, total_env_steps, num_seeds, quiet=config.quiet)
-    train = runlog.vmap_seeds(make_train(config, progress))  # bad input raises here, before compiling
+    program = make_train(config, progress)                    # bad input raises here, before compiling
     runlog.start_run(run_dir, config, "pqn")                  # writes config.json
-    (state, metrics), compile_s, train_s = runlog.compile_and_run(train, keys)
+    state, metrics, compile_s, train_s = runlog.run_program(program, keys, run_dir, ...)  # chunks, resume.npz
     runlog.finish_run(run_dir, ...)                           # metrics CSV, summary.json, curve, checkpoint
 
 What lands in a run directory:
@@ -17,6 +17,8 @@ What lands in a run directory:
     summary.json         algorithm, env_id, preset, num_seeds, env_steps, final_return, timings, memory
     curve.png            training returns per seed and their mean, and the greedy evaluations
     checkpoint.msgpack   final parameters and optimizer state of every seed (leading axis = seed)
+    resume.npz           the whole training state after the last finished chunk, for --resume
+    <name>=<value>/      with --sweep: one complete run directory per value
 """
 
 from __future__ import annotations
@@ -336,11 +338,11 @@ def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoint
     state_path = Path(run_dir) / "resume.npz"
     if resume:
         metrics_shape = jax.eval_shape(chunk_all, carry_shape, jnp.int32(0))[1]
-        done, carry, metrics = _load_state(state_path, carry_shape, metrics_shape, program.num_updates, length)
+        done, carry, metrics, train_seconds = _load_state(state_path, carry_shape, metrics_shape,
+                                                          program.num_updates, length)
         carry = _place(carry, keys, batch_axes)
     else:
-        done, carry, metrics = 0, init_all(keys, hparams), []
-    train_seconds = 0.0
+        done, carry, metrics, train_seconds = 0, init_all(keys, hparams), [], 0.0
     for index in range(done // length, chunks):
         if stop_after_chunks is not None and index >= stop_after_chunks:
             raise RunInterrupted(f"stopped after {index} of {chunks} chunks")
@@ -350,7 +352,7 @@ def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoint
         train_seconds += time.perf_counter() - t0
         metrics.append(_gather(chunk_metrics))
         if chunks > 1:
-            _save_state(state_path, (index + 1) * length, carry, metrics, batch_axes)
+            _save_state(state_path, (index + 1) * length, carry, metrics, batch_axes, train_seconds)
     metrics = jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics)
     return program.result(carry), metrics, compile_seconds, train_seconds
 
@@ -376,8 +378,10 @@ def _gather(tree: Any) -> Any:
     return jax.device_get(tree)
 
 
-def _save_state(path: Path, updates_done: int, carry: Any, metrics: list[Any], batch_axes: int) -> None:
-    """The whole carry and the metrics so far, atomically: a kill mid-write keeps the previous state."""
+def _save_state(path: Path, updates_done: int, carry: Any, metrics: list[Any], batch_axes: int,
+                train_seconds: float) -> None:
+    """The whole carry, the metrics and the training time so far, atomically: a kill mid-write keeps the
+    previous state. (A resumed run's train_seconds is the sum over its processes, so its steps/s stay true.)"""
     leaves = jax.tree.leaves(_gather(carry))
     metric_leaves = jax.tree.leaves(jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics))
     if jax.process_index() != 0:
@@ -386,7 +390,7 @@ def _save_state(path: Path, updates_done: int, carry: Any, metrics: list[Any], b
     arrays |= {f"metric_{i}": np.asarray(x) for i, x in enumerate(metric_leaves)}
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, updates_done=np.int64(updates_done), **arrays)
+        np.savez(f, updates_done=np.int64(updates_done), train_seconds=np.float64(train_seconds), **arrays)
     os.replace(tmp, path)
 
 
@@ -395,7 +399,7 @@ def _load_state(path: Path, carry_shape: Any, metrics_shape: Any, num_updates: i
         raise SystemExit(f"--resume: {path} does not exist. The run saved no state before it stopped (it saves "
                          f"one after each of its --num-checkpoints chunks; 1 means only at the end).")
     with np.load(path) as data:
-        done = int(data["updates_done"])
+        done, train_seconds = int(data["updates_done"]), float(data["train_seconds"])
         shapes = jax.tree.leaves(carry_shape)
         leaves = [data[f"carry_{i}"] for i in range(len(shapes))]
         metric_leaves = [data[f"metric_{i}"] for i in range(len(jax.tree.leaves(metrics_shape)))]
@@ -405,7 +409,7 @@ def _load_state(path: Path, carry_shape: Any, metrics_shape: Any, num_updates: i
                          f"version of the file or another config). Start a new run.")
     carry = jax.tree.unflatten(jax.tree.structure(carry_shape), leaves)
     metrics = [jax.tree.unflatten(jax.tree.structure(metrics_shape), metric_leaves)] if done else []
-    return done, carry, metrics
+    return done, carry, metrics, train_seconds
 
 
 def _place(tree: Any, keys: jax.Array, batch_axes: int) -> Any:
