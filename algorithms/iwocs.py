@@ -781,7 +781,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
         f"{config.search} -> {run_dir}")
     state_path = run_dir / "resume.msgpack"
     if config.resume and not state_path.exists():
-        say(f"--resume: {state_path} is missing (the run stopped before its DR policy): starting from the beginning.")
+        say(f"--resume: no saved state in {run_dir} (it stopped before its first stage): starting it from the beginning.")
     state = load_state(state_path) if config.resume and state_path.exists() else None
     started = time.perf_counter() - (state["seconds"] if state else 0.0)
 
