@@ -16,13 +16,16 @@ Run (from the repository root):
     python algorithms/iwocs.py                                   # pendulum: mass x length, minutes on a CPU
     python algorithms/iwocs.py --search grid                     # IWOCS*: grid search instead of CMA-ES
     python algorithms/iwocs.py --preset brax-hopper-2d --num-seeds 4
+    python algorithms/iwocs.py --sweep epsilon=1,5,20              # one run after another, RUN_DIR/epsilon=V
+    python algorithms/iwocs.py --resume runs/iwocs_Pendulum-v1_... # continue from the last finished stage
 
 Outputs in the run directory: iterations.json (per iteration and seed: the worst-case parameters found,
 their discounted value V(s0) and undiscounted return, the robust Q at s0, the gap, ρ_j, stopped; rewritten
 after every iteration together with checkpoint.msgpack, so a crash loses at most one iteration),
 metrics_seed<i>.csv and curve.png (the SAC runs one after another, env_steps counted across them),
 results.json / results.md (worst-case and average return over the 10-per-axis grid for IWOCS, the DR
-policy and a nominal SAC policy, each trained with the same total budget), heatmap.png, summary.json.
+policy and a nominal SAC policy, each trained with the same total budget), heatmap.png, summary.json, and
+resume.msgpack (the whole state after the last finished stage: DR policy, iteration or baseline, for --resume).
 
 Choices where the paper is silent:
 - total_timesteps is the budget per seed of the whole method: dr_fraction of it for the DR policy, the
@@ -46,8 +49,11 @@ Choices where the paper is silent:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
 import distrax
@@ -147,6 +153,18 @@ class Config:
     """Also log to Weights & Biases."""
     wandb_project: str = "jax-rl-collection"
     """wandb project name."""
+    sweep: str = ""
+    """Run IWOCS once per value of one hyperparameter, e.g. epsilon=1,5,20, each into RUN_DIR/NAME=V (see
+    SWEEPABLE). The runs go one after another, not as one vmapped program: the outer loop is Python, and what it
+    runs next (the worst-case model, whether a seed stops) depends on each run's results."""
+    resume: bool = False
+    """Set by `--resume RUN_DIR`, which continues that run from its last saved state. The state
+    (RUN_DIR/resume.msgpack) is saved at stage boundaries: after the DR policy, after each iteration and after
+    each baseline, so there is no --num-checkpoints."""
+
+
+# Hyperparameters that `--sweep` can vary (numbers; each value is its own run).
+SWEEPABLE = ("epsilon", "gamma", "tau", "actor_lr", "critic_lr", "alpha_lr", "reward_scale", "dr_fraction")
 
 
 _BRAX = dict(num_envs=128, updates_per_env_step=0.25, learning_starts=10_000, normalize_observations=True,
@@ -712,11 +730,43 @@ def write_results(run_dir, uset, grids: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
-def main(args: list[str] | None = None) -> dict[str, Any]:
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Everything the outer loop keeps between stages (for --resume), atomically; records as JSON text."""
+    runlog.save_checkpoint(path, {**state, "records": json.dumps(state["records"])})
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    state = runlog.load_checkpoint(path)
+
+    def agent(d):
+        return Agent(d["actor"], d["critic"], RunningStats(**d["obs_stats"]), d["rho"])
+
+    bank = Bank(agent(state["bank"]["models"]), state["bank"]["active"], agent(state["bank"]["fallback"]))
+    return {**state, "bank": jax.tree.map(jnp.asarray, bank), "found": jnp.asarray(state["found"]),
+            "records": json.loads(state["records"]),
+            "baselines": {name: agent(d) for name, d in state["baselines"].items()}}
+
+
+def main(args: list[str] | None = None, stop_after_stages: int | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Run IWOCS (once per value of a --sweep, one after another); return the summary (a list for a sweep).
+    `stop_after_stages=N` raises runlog.RunInterrupted once N stages are saved, as a killed run would stop."""
     config = runlog.parse_config(Config, PRESETS, args)
-    sizes = derive_sizes(config)  # bad input raises here, before anything is compiled
-    uset = envs.uncertainty_set(config.uncertainty_set)
+    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
     run_dir = runlog.run_path(config, "iwocs")
+    run_configs = {directory: dataclasses.replace(run_config, run_dir=str(directory)) for directory, run_config
+                   in runlog.sweep_run_configs(run_dir, config, sweep_name, sweep_values).items()}
+    for run_config in run_configs.values():
+        derive_sizes(run_config)  # bad input (of any swept value) raises here, before anything is compiled
+    if sweep_name:
+        runlog.start_run(run_dir, config, "iwocs")  # the sweep's config.json, for --resume of the whole sweep
+    summaries = [run_iwocs(run_config, directory, stop_after_stages) for directory, run_config in run_configs.items()]
+    return summaries if sweep_name else summaries[0]
+
+
+def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = None) -> dict[str, Any]:
+    """One IWOCS run into `run_dir`, from its saved state if config.resume and the run saved one."""
+    sizes = derive_sizes(config)
+    uset = envs.uncertainty_set(config.uncertainty_set)
     total_steps = sizes.dr_steps + config.max_iterations * sizes.iteration_steps
     progress = runlog.Progress(run_dir, total_steps, config.num_seeds, config.quiet, every_seconds=5.0)
     train_dr = jax.jit(jax.vmap(make_sac(config, sizes.dr_steps, True, progress), in_axes=(0, None, None)))
@@ -729,16 +779,28 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     say(f"IWOCS on {config.env_id} ({uset.name}: {' x '.join(uset.names)}), {config.num_seeds} seed(s), DR "
         f"{sizes.dr_steps:,} steps + up to {config.max_iterations} x {sizes.iteration_steps:,}, search "
         f"{config.search} -> {run_dir}")
-    started = time.perf_counter()
+    state_path = run_dir / "resume.msgpack"
+    if config.resume and not state_path.exists():
+        say(f"--resume: no saved state in {run_dir} (it stopped before its first stage): starting it from the beginning.")
+    state = load_state(state_path) if config.resume and state_path.exists() else None
+    started = time.perf_counter() - (state["seconds"] if state else 0.0)
+
+    def stage_done(**changes):
+        """Save the state after a stage (DR policy, loop iteration, baseline); stop here if the test asks to."""
+        state.update(changes, stages_done=state["stages_done"] + 1, seconds=time.perf_counter() - started)
+        save_state(state_path, state)
+        if stop_after_stages is not None and state["stages_done"] >= stop_after_stages:
+            raise runlog.RunInterrupted(f"stopped after {state['stages_done']} stages")
 
     # DOMAIN-RANDOMIZATION POLICY (the fallback)
-    fallback, dr_metrics = train_dr(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), nominal, 0)
-    bank = pieces.empty_bank(fallback)
-    all_metrics = [dr_metrics]
-    stopped = np.zeros(config.num_seeds, bool)
-    records, env_steps = [], sizes.dr_steps
-    found = jnp.zeros((config.num_seeds, config.max_iterations, uset.dim))  # the worst cases trained on
-    for i in range(config.max_iterations + 1):
+    if state is None:
+        fallback, dr_metrics = train_dr(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), nominal, 0)
+        state = {"stages_done": 0, "iteration": 0, "env_steps": sizes.dr_steps, "records": [], "baselines": {}}
+        stage_done(bank=pieces.empty_bank(fallback), metrics=jax.device_get(dr_metrics),
+                   stopped=np.zeros(config.num_seeds, bool),
+                   found=jnp.zeros((config.num_seeds, config.max_iterations, uset.dim)))  # the worst cases trained on
+    bank, stopped, found, records, env_steps = (state[k] for k in ("bank", "stopped", "found", "records", "env_steps"))
+    for i in range(state["iteration"], config.max_iterations + 1):
         # WORST-CASE SEARCH against the current robust policy (the DR policy alone at i = 0)
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + i)
         search_keys = jax.random.split(key, config.num_seeds)
@@ -748,7 +810,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         worst_value = np.asarray(worst_value)
         gap = np.abs(worst_value - robust_q)
         if i > 0:  # STOPPING RULE (a robust Q exists from the first trained model on)
-            stopped |= np.asarray(should_stop(worst_value, robust_q, config.epsilon))
+            stopped = stopped | np.asarray(should_stop(worst_value, robust_q, config.epsilon))
         records.append({
             "iteration": i, "env_steps": env_steps, "models": i,
             "worst_values": np.asarray(worst_values).tolist(), "worst_value_v_s0": worst_value.tolist(),
@@ -764,43 +826,46 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             f"{np.nanmean(np.where(np.isfinite(robust_q), robust_q, np.nan)) if i else float('nan'):.2f} "
             f"stopped {int(stopped.sum())}/{config.num_seeds}")
         if i == config.max_iterations or stopped.all():
+            stage_done(iteration=config.max_iterations + 1, stopped=stopped, records=records)
             break
         # SOLVE THE STATIC MDP of each seed's worst case, add the agent to the bank
         iteration_keys = jax.vmap(lambda k: jax.random.fold_in(k, i + 1))(keys)
-        agents, metrics = train_model(iteration_keys, worst_values, env_steps)
+        agents, new_metrics = train_model(iteration_keys, worst_values, env_steps)
         bank = add_model(bank, agents, i, jnp.asarray(~stopped))
         found = found.at[:, i].set(worst_values)
         if config.rho_selection == "worst-case":  # one ρ for the bank, checked on every worst case found so far
             rho, _ = pieces.select_rho(bank, found, bank.active, search_keys)
             bank = bank._replace(models=bank.models._replace(rho=jnp.broadcast_to(rho[:, None], bank.models.rho.shape)))
-        all_metrics.append(metrics)
         env_steps += sizes.iteration_steps
-    records[-1]["seconds"] = time.perf_counter() - started
-    runlog.write_json(run_dir / "iterations.json", records)
-    runlog.save_checkpoint(run_dir / "checkpoint.msgpack", bank._asdict())
-    iwocs_seconds = time.perf_counter() - started
+        metrics = {k: np.concatenate([v, np.asarray(new_metrics[k])], axis=1) for k, v in state["metrics"].items()}
+        stage_done(iteration=i + 1, bank=bank, stopped=stopped, found=found, records=records, env_steps=env_steps,
+                   metrics=metrics)
+    iwocs_seconds = records[-1]["seconds"]
 
-    # EVALUATION over the grid: IWOCS, and the DR and nominal SAC baselines with the same total budget
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 99)
-    grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
-             "DR (IWOCS's fallback)": pieces.grid_plain(fallback, eval_key)}
-    if config.baselines:
-        for name, randomize, salt in (("DR SAC", True, 500), ("nominal SAC", False, 501)):
+    # BASELINES: DR and nominal SAC with the same total budget
+    baselines = (("DR SAC", True, 500), ("nominal SAC", False, 501)) if config.baselines else ()
+    for name, randomize, salt in baselines:
+        if name not in state["baselines"]:
             say(f"baseline: {name}, {total_steps:,} steps")
             quiet_progress = runlog.Progress(None, total_steps, config.num_seeds, config.quiet, every_seconds=10.0)
             train = jax.jit(jax.vmap(make_sac(config, total_steps, randomize, quiet_progress), in_axes=(0, None, None)))
             agents, _ = train(jax.vmap(lambda k: jax.random.fold_in(k, salt))(keys), nominal, 0)
-            grids[name] = pieces.grid_plain(agents, eval_key)
+            stage_done(baselines={**state["baselines"], name: agents})
+
+    # EVALUATION over the grid: IWOCS, its DR fallback and the baselines
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 99)
+    grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
+             "DR (IWOCS's fallback)": pieces.grid_plain(bank.fallback, eval_key)}
+    grids |= {name: pieces.grid_plain(state["baselines"][name], eval_key) for name, *_ in baselines}
     table = write_results(run_dir, uset, grids)
     say((run_dir / "results.md").read_text())
 
-    metrics = {k: np.concatenate([np.asarray(m[k]) for m in all_metrics], axis=1) for k in all_metrics[0]}
     iwocs_name = next(iter(grids))
     summary = runlog.finish_run(
-        run_dir, config, "iwocs", metrics, final_return=np.asarray(grids[iwocs_name].worst),
+        run_dir, config, "iwocs", state["metrics"], final_return=np.asarray(grids[iwocs_name].worst),
         checkpoint=bank._asdict(), compile_seconds=0.0, train_seconds=iwocs_seconds,
         extra_summary={"final_return_is": "worst-case return over the evaluation grid",
-                       "iterations_trained": len(all_metrics) - 1, "results": table,
+                       "iterations_trained": len(records) - 1, "results": table,
                        "total_seconds": round(time.perf_counter() - started, 1)},
     )
     say(f"results: {run_dir / 'results.md'}  heatmap: {run_dir / 'heatmap.png'}  "

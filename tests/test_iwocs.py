@@ -1,5 +1,6 @@
 """IWOCS: the worst-case search, the robust Q (min over valid models, fallback), ρ, the stopping rule, a run,
-and learning on the pendulum against DR and nominal SAC."""
+--resume (bit-identical to an uninterrupted run), --sweep (each value its own run), and learning on the pendulum
+against DR and nominal SAC."""
 
 import functools
 import json
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import envs
+import runlog
 from algorithms import iwocs
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,10 +164,41 @@ def test_bad_input_raises_before_compiling(flags, message):
         iwocs.main(flags + ["--quiet"])
 
 
-def test_run_stops_when_the_rule_holds_and_writes_every_iteration(tmp_path):
+# Two iterations, so that a run has a middle stage to interrupt; ε = 0 never stops (ε huge stops at once).
+BASE = TINY + ["--num-seeds", "2", "--max-iterations", "2"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("whole")
+    return run_dir, iwocs.main(BASE + ["--epsilon", "0", "--run-dir", str(run_dir)])
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """--sweep epsilon=0,1e9: two IWOCS runs, one after another, into RUN_DIR/epsilon=0 and RUN_DIR/epsilon=1e+09."""
+    run_dir = tmp_path_factory.mktemp("sweep")
+    return run_dir, iwocs.main(BASE + ["--sweep", "epsilon=0,1e9", "--run-dir", str(run_dir)])
+
+
+def assert_same_run(expected, actual):
+    """Bit-identical checkpoint, metrics, results and iterations (but their "seconds")."""
+    for a, b in zip(jax.tree.leaves(runlog.load_checkpoint(expected / "checkpoint.msgpack")),
+                    jax.tree.leaves(runlog.load_checkpoint(actual / "checkpoint.msgpack")), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name in ("metrics_seed0.csv", "metrics_seed1.csv", "results.json"):
+        assert (expected / name).read_bytes() == (actual / name).read_bytes(), name
+    records = [json.loads((d / "iterations.json").read_text()) for d in (expected, actual)]
+    for record in records[0] + records[1]:
+        record.pop("seconds")
+    assert records[0] == records[1]
+
+
+def test_run_stops_when_the_rule_holds_and_writes_every_iteration(sweep_run):
     """ε huge: the first check (after one trained model) stops every seed; one model, iterations.json, results."""
-    summary = iwocs.main(TINY + ["--num-seeds", "2", "--epsilon", "1e9", "--run-dir", str(tmp_path)])
-    records = json.loads((tmp_path / "iterations.json").read_text())
+    run_dir, summaries = sweep_run
+    run_dir, summary = run_dir / "epsilon=1e+09", summaries[1]
+    records = json.loads((run_dir / "iterations.json").read_text())
     assert [r["iteration"] for r in records] == [0, 1]
     assert records[-1]["stopped"] == [True, True] and records[0]["stopped"] == [False, False]
     assert summary["iterations_trained"] == 1
@@ -173,9 +206,55 @@ def test_run_stops_when_the_rule_holds_and_writes_every_iteration(tmp_path):
     for record in records:
         values = np.asarray(record["worst_values"])
         assert values.shape == (2, 2) and (values >= [0.5, 0.5]).all() and (values <= [2.0, 1.5]).all()
-    results = json.loads((tmp_path / "results.json").read_text())["methods"]
+    results = json.loads((run_dir / "results.json").read_text())["methods"]
     assert set(results) == {"IWOCS", "DR (IWOCS's fallback)"}
-    assert (tmp_path / "heatmap.png").exists() and (tmp_path / "checkpoint.msgpack").exists()
+    assert (run_dir / "heatmap.png").exists() and (run_dir / "checkpoint.msgpack").exists()
+
+
+def test_resume_after_an_interrupted_iteration_ends_where_an_uninterrupted_run_ends(whole_run, tmp_path):
+    """Stopped after 2 stages (the DR policy and iteration 0), as a killed run would be; --resume continues it."""
+    whole, summary = whole_run
+    assert summary["iterations_trained"] == 2
+    with pytest.raises(runlog.RunInterrupted):
+        iwocs.main(BASE + ["--epsilon", "0", "--run-dir", str(tmp_path)], stop_after_stages=2)
+    assert [r["iteration"] for r in json.loads((tmp_path / "iterations.json").read_text())] == [0]
+    assert not (tmp_path / "summary.json").exists()
+    resumed = iwocs.main(["--resume", str(tmp_path), "--quiet"])
+    assert_same_run(whole, tmp_path)
+    assert resumed["results"] == summary["results"]
+
+
+def test_sweep_runs_each_value_as_its_own_run(whole_run, sweep_run):
+    whole, whole_summary = whole_run
+    run_dir, summaries = sweep_run
+    assert json.loads((run_dir / "config.json").read_text())["sweep"] == "epsilon=0,1e9"
+    for value, summary in zip((0.0, 1e9), summaries, strict=True):
+        config = json.loads((run_dir / f"epsilon={value:g}" / "config.json").read_text())
+        assert config["epsilon"] == value and config["sweep"] == "" and config["run_dir"].endswith(f"epsilon={value:g}")
+    # the value ε = 0 is the same run as --epsilon 0 on its own
+    assert_same_run(whole, run_dir / "epsilon=0")
+    for key in ("final_return", "results", "iterations_trained", "env_steps"):
+        assert summaries[0][key] == whole_summary[key], key
+    with pytest.raises(ValueError, match="cannot be swept"):
+        iwocs.main(BASE + ["--sweep", "hidden_size=16,32"])
+
+
+def test_saved_state_comes_back_with_its_types(tmp_path):
+    """save_state / load_state keep the bank and baseline agents (NamedTuples of jax arrays), records, numbers."""
+    *_, bank, _ = random_bank()
+    state = {"stages_done": 5, "iteration": 3, "env_steps": 1200, "seconds": 1.5, "stopped": np.array([True, False]),
+             "found": jnp.ones((2, 2, 2)), "bank": bank, "baselines": {"DR SAC": bank.fallback},
+             "metrics": {"env_steps": np.arange(4, dtype=np.int32)[None]}, "records": [{"gap": [None, 1.5]}]}
+    iwocs.save_state(tmp_path / "resume.msgpack", state)
+    loaded = iwocs.load_state(tmp_path / "resume.msgpack")
+    assert jax.tree.structure(loaded["bank"]) == jax.tree.structure(bank)
+    assert jax.tree.structure(loaded["baselines"]["DR SAC"]) == jax.tree.structure(bank.fallback)
+    for name in ("bank", "baselines", "found", "stopped", "metrics"):
+        for a, b in zip(jax.tree.leaves(state[name]), jax.tree.leaves(loaded[name]), strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert np.asarray(a).dtype == np.asarray(b).dtype
+    assert {k: loaded[k] for k in ("stages_done", "iteration", "env_steps", "seconds", "records")} == \
+        {"stages_done": 5, "iteration": 3, "env_steps": 1200, "seconds": 1.5, "records": [{"gap": [None, 1.5]}]}
 
 
 # ----------------------------------------------------------------------------------------------------
