@@ -4,12 +4,17 @@
     python scripts/benchmark.py pqn --preset cartpole --num-seeds 4
     python scripts/benchmark.py pqn --preset minatar --total-timesteps 1000000
     python scripts/benchmark.py sqirl --preset cartpole
+    python scripts/benchmark.py pqn --num-seeds 4 --devices 1,2,4   # the same run sharded over 1, 2, 4 devices
 
 Reports compile seconds, training env steps/s (all seeds together, compile excluded), peak memory, and,
 measured in the same process, the throughput of a uniformly random policy on the same environment with
 the same number of parallel envs (times seeds), and the ratio training / random. Machines are shared and
 noisy: compare ratios and side-by-side figures, not absolute times across runs. Extra flags after the
 algorithm name go to the algorithm's own CLI (e.g. `--num-envs 64`).
+
+`--devices 1,2,4` runs the benchmark once per device count, each in a fresh process whose seeds are sharded
+over that many devices (on a CPU, forced with XLA_FLAGS=--xla_force_host_platform_device_count=N), one after
+another, and prints them together with each count's throughput relative to one device.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 
 import jax
@@ -56,7 +64,10 @@ def main() -> None:
     parser.add_argument("--preset", default=None)
     parser.add_argument("--num-seeds", type=int, default=1)
     parser.add_argument("--total-timesteps", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--devices", default=None, help="e.g. 1,2,4: one benchmark per device count, side by side")
     args, extra = parser.parse_known_args()
+    if args.devices:
+        return compare_device_counts([int(n) for n in args.devices.split(",")])
 
     module = importlib.import_module(f"algorithms.{args.algorithm}")
     cli = ["--quiet", "--num-seeds", str(args.num_seeds), *extra]
@@ -101,11 +112,30 @@ def main() -> None:
         else float(jnp.nanmean(metrics["episode_return"][:, -1])),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
+        "num_devices": len(jax.devices()),
         "cpu_count": __import__("os").cpu_count(),
         "machine": platform.machine(),
         "jax": jax.__version__,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }, indent=2))
+
+
+def compare_device_counts(counts: list[int]) -> None:
+    """Rerun this command once per device count in a fresh process; print the results side by side."""
+    argv = [arg for i, arg in enumerate(sys.argv[1:]) if arg != "--devices" and sys.argv[i] != "--devices"
+            and not arg.startswith("--devices=")]
+    results = []
+    for count in counts:
+        flags = " ".join([os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={count}"])
+        result = subprocess.run([sys.executable, __file__, *argv], env={**os.environ, "XLA_FLAGS": flags.strip()},
+                                capture_output=True, text=True, check=True)
+        results.append({"devices": count, **json.loads(result.stdout)})
+    base = results[0]["train_env_steps_per_second"]
+    for result in results:
+        result["train_over_first_count"] = round(result["train_env_steps_per_second"] / base, 3)
+    keys = ("devices", "num_devices", "compile_seconds", "train_env_steps_per_second", "train_over_first_count",
+            "final_return_mean", "peak_memory_mb")
+    print(json.dumps([{k: r[k] for k in keys} for r in results], indent=2))
 
 
 if __name__ == "__main__":
