@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -248,7 +248,8 @@ def vmap_seeds(train: Callable) -> Callable:
 # PROGRAMS: one learner's run as init + scanned update, run in checkpointed chunks, seeds and sweeps vmapped
 
 
-class Program(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Program:
     """One learner's whole run, in the two pieces that `run_program` needs to checkpoint and resume it.
 
     init(key, hparams) -> carry       everything the run keeps between updates (params, optimizer, envs,
@@ -257,7 +258,8 @@ class Program(NamedTuple):
     result(carry) -> what the file keeps at the end (e.g. its TrainState)
 
     `hparams` maps names of swept hyperparameters to (possibly traced) numbers; the file keeps them in the
-    carry. Calling the program runs it in one scan: `make_train(config)(key)` -> (result, metrics).
+    carry. Calling the program runs it in one scan: `make_train(config)(key)` -> (result, metrics). (A dataclass,
+    not a NamedTuple: `jax.jit(program)` keeps a weak reference to it, which tuples do not allow.)
     """
 
     init: Callable
