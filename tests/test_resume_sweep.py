@@ -20,8 +20,9 @@ from tests.test_cli import TINY
 # A hyperparameter per file that --sweep varies inside one program, and three values of it.
 SWEEPS = {
     "pqn": ("lr", (1e-4, 3e-4, 1e-3)),
+    "sac": ("critic_lr", (1e-4, 3e-4, 1e-3)),
 }
-RESUMABLE = ["pqn"]
+RESUMABLE = ["pqn", "sac"]
 
 
 def leaves(path):
