@@ -20,9 +20,10 @@ from tests.test_cli import TINY
 # A hyperparameter per file that --sweep varies inside one program, and three values of it.
 SWEEPS = {
     "pqn": ("lr", (1e-4, 3e-4, 1e-3)),
+    "qarl": ("critic_lr", (1e-4, 3e-4, 1e-3)),
     "sac": ("critic_lr", (1e-4, 3e-4, 1e-3)),
 }
-RESUMABLE = ["pqn", "sac"]
+RESUMABLE = ["pqn", "qarl", "sac"]
 
 
 def leaves(path):
