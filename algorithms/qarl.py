@@ -26,6 +26,8 @@ Run (from the repository root):
     python algorithms/qarl.py --adversary off                       # the SAC baseline, same budget
     python algorithms/qarl.py --curriculum none --num-seeds 4       # RARL-style baseline
     python algorithms/qarl.py --preset brax-hopper                  # the paper's setting (GPU)
+    python algorithms/qarl.py --sweep return_bound=-600,-400,-200   # one vmapped program, one run dir per value
+    python algorithms/qarl.py --resume runs/qarl_Pendulum-v1_...    # continue a run from its last checkpoint
 
 Logged per iteration (metrics_seed<i>.csv): env_steps (the protagonist phases' steps: the budget, which
 plain SAC gets as well), total_env_steps (both phases), episode_return (protagonist-phase episodes that
@@ -51,6 +53,7 @@ Choices where the paper and the reference sheet are silent:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -147,6 +150,16 @@ class Config:
     """Also log to Weights & Biases (WANDB_MODE=offline works)."""
     wandb_project: str = "jax-rl-collection"
     """wandb project name."""
+    sweep: str = ""
+    """Train every value of one hyperparameter in one vmapped program, e.g. critic_lr=1e-4,3e-4 (see SWEEPABLE)."""
+    num_checkpoints: int = 10
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    resume: bool = False
+    """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
+
+
+# Hyperparameters that `--sweep` can vary inside one vmapped program (they enter the run as numbers).
+SWEEPABLE = ("actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "kl_bound", "return_bound")
 
 
 # The paper's SAC (3x256, actor 1e-4, critic 3e-4, batch 256, τ 0.005, an update per ~3 env steps: 5 envs,
@@ -176,6 +189,8 @@ class Sizes(NamedTuple):
     steps_per_iteration: int  # env transitions of one protagonist phase
     buffer_capacity: int
     eval_every: int  # iterations between evaluations
+    sweep_name: str | None
+    sweep_values: tuple[float, ...]
 
 
 def derive_sizes(config: Config) -> Sizes:
@@ -201,7 +216,11 @@ def derive_sizes(config: Config) -> Sizes:
             f"--total-timesteps or lower --phase-steps."
         )
     capacity = min(config.buffer_size, num_iterations * steps_per_iteration)
-    return Sizes(num_iterations, steps_per_iteration, capacity, max(num_iterations // config.num_evals, 1))
+    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    for value in sweep_values:  # every swept value must be a valid config on its own
+        derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
+    return Sizes(num_iterations, steps_per_iteration, capacity, max(num_iterations // config.num_evals, 1),
+                 sweep_name, sweep_values)
 
 
 class EnvSpec(NamedTuple):
@@ -384,15 +403,18 @@ def buffer_sample(buffer: Buffer, key: jax.Array, batch_size: int) -> Transition
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> Callable:
-    """Build `train(key) -> (RunState, metrics)`, the whole run as one jittable function."""
+def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
+    """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (RunState, metrics)` runs it
+    in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
+
+    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
+    `progress`, if given, is called from inside the run (host callback) after every iteration.
+    """
     sizes = derive_sizes(config)
     env, env_params, spec = make_env(config)
     protagonist_actor = Actor(spec.action_dim, config.hidden_size, config.num_layers)
     adversary_actor = Actor(spec.adversary_dim, config.hidden_size, config.num_layers)
     critic = TwinCritic(config.hidden_size, config.num_layers)
-    actor_optimizer, critic_optimizer = optax.adam(config.actor_lr), optax.adam(config.critic_lr)
-    alpha_optimizer = optax.adam(config.alpha_lr)
     target_entropy = -float(spec.action_dim)
     initial_mean = config.initial_shape / config.temperature_rate
     target_mean = config.target_shape / config.temperature_rate
@@ -401,6 +423,10 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     eval_steps = int(env_params.max_steps_in_episode)
     total_steps = sizes.num_iterations * sizes.steps_per_iteration * (2 if adversary_on else 1)  # both phases
+
+    def optimizers(hp):
+        """Adam for an actor, its critics and log α, at the run's (possibly swept) learning rates."""
+        return optax.adam(hp["actor_lr"]), optax.adam(hp["critic_lr"]), optax.adam(hp["alpha_lr"])
 
     def with_temperature(obs, temperature):
         """Append α_adv / E_0[α_adv] to the observation (0 at test time)."""
@@ -422,9 +448,10 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
             return jnp.full(config.num_envs, initial_mean + (target_mean - initial_mean) * fraction)
         return jax.random.gamma(key, curriculum.shape, (config.num_envs,)) / config.temperature_rate
 
-    def gradient_update(player: Player, actor: nn.Module, batch: Transition, key, learned_alpha: bool):
+    def gradient_update(hp, player: Player, actor: nn.Module, batch: Transition, key, learned_alpha: bool):
         """One SAC update of a player. The protagonist tunes its α; the adversary's α is each sample's
         α_adv (read back from the observation's temperature feature)."""
+        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
         key_next, key_actor = jax.random.split(key)
         if learned_alpha:
             alpha = next_alpha = jnp.exp(player.log_alpha)
@@ -435,7 +462,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         dist = squashed_gaussian(*actor.apply(player.actor, batch.next_obs))
         next_action, next_log_prob = dist.sample_and_log_prob(seed=key_next)
         next_q = critic.apply(player.target_critic, batch.next_obs, next_action).min(0)
-        targets = batch.reward + config.gamma * (1.0 - batch.terminated) * (next_q - next_alpha * next_log_prob)
+        targets = batch.reward + hp["gamma"] * (1.0 - batch.terminated) * (next_q - next_alpha * next_log_prob)
 
         def critic_loss_fn(params):
             return 0.5 * ((critic.apply(params, batch.obs, batch.action) - targets) ** 2).mean(-1).sum()
@@ -461,7 +488,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
             updates, alpha_opt = alpha_optimizer.update(grad, player.alpha_opt)
             log_alpha = optax.apply_updates(player.log_alpha, updates)
 
-        target_critic = optax.incremental_update(critic_params, player.target_critic, config.tau)
+        target_critic = optax.incremental_update(critic_params, player.target_critic, hp["tau"])
         return Player(actor_params, critic_params, target_critic, log_alpha, actor_opt, critic_opt, alpha_opt), \
             critic_loss
 
@@ -472,7 +499,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         random_action = jax.random.uniform(key_random, (obs.shape[0], dim), minval=-1.0, maxval=1.0)
         return jnp.where(buffer.size < config.learning_starts, random_action, action)
 
-    def run_phase(state: RunState, key, learner: str):
+    def run_phase(hp, state: RunState, key, learner: str):
         """phase_steps steps of every env; only `learner` ("protagonist" or "adversary") stores and learns."""
         learns_protagonist = learner == "protagonist"
 
@@ -503,7 +530,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
                 def one_update(player, key):
                     key_sample, key_loss = jax.random.split(key)
                     batch = buffer_sample(buffer, key_sample, config.batch_size)
-                    return gradient_update(player, actor, batch, key_loss, learned_alpha=learns_protagonist)
+                    return gradient_update(hp, player, actor, batch, key_loss, learned_alpha=learns_protagonist)
 
                 player, losses = jax.lax.scan(one_update, player, jax.random.split(key_update, config.updates_per_step))
                 return player, losses.mean()
@@ -550,7 +577,8 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, eval_steps))
         return first_return.mean()
 
-    def init_player(key, actor: nn.Module, action_dim: int) -> Player:
+    def init_player(hp, key, actor: nn.Module, action_dim: int) -> Player:
+        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
         key_actor, key_critic = jax.random.split(key)
         obs, action = jnp.zeros((1, spec.obs_dim + 1)), jnp.zeros((1, action_dim))
         actor_params, critic_params = actor.init(key_actor, obs), critic.init(key_critic, obs, action)
@@ -564,69 +592,69 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
                                  jnp.zeros(capacity), jnp.zeros(capacity), jnp.zeros((capacity, obs_dim))),
                       jnp.int32(0), jnp.int32(0))
 
-    def train(key):
+    def init(key, hparams):
+        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
         key, key_pro, key_adv, key_reset, key_temp = jax.random.split(key, 5)
         obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
         curriculum = Curriculum(jnp.float32(config.initial_shape), jnp.bool_(False),
                                 jnp.zeros(config.curriculum_batch), jnp.zeros(config.curriculum_batch), jnp.int32(0))
-        state = RunState(init_player(key_pro, protagonist_actor, spec.action_dim),
-                         init_player(key_adv, adversary_actor, spec.adversary_dim),
+        state = RunState(init_player(hp, key_pro, protagonist_actor, spec.action_dim),
+                         init_player(hp, key_adv, adversary_actor, spec.adversary_dim),
                          empty_buffer(spec.action_dim), empty_buffer(spec.adversary_dim), curriculum, env_state,
                          obs.reshape(config.num_envs, -1), sample_temperature(curriculum, key_temp, 0), jnp.int32(0))
+        return hp, state, key
 
-        def iteration(carry, index):
-            state, key = carry
-            key, key_adv, key_pro, key_eval = jax.random.split(key, 4)
-            # ADVERSARY PHASE (none with the adversary off: plain SAC gets the protagonist's budget)
-            adversary_loss = adversary_phase_return = jnp.float32(jnp.nan)
-            if adversary_on:
-                state, (adversary_loss, adversary_phase_return) = run_phase(state, key_adv, "adversary")
-            # PROTAGONIST PHASE
-            state, (protagonist_loss, episode_return) = run_phase(state, key_pro, "protagonist")
+    def update(carry, index):
+        """One iteration: an adversary phase, a protagonist phase, the curriculum, an evaluation if due."""
+        hp, state, key = carry
+        key, key_adv, key_pro, key_eval = jax.random.split(key, 4)
+        # ADVERSARY PHASE (none with the adversary off: plain SAC gets the protagonist's budget)
+        adversary_loss = adversary_phase_return = jnp.float32(jnp.nan)
+        if adversary_on:
+            state, (adversary_loss, adversary_phase_return) = run_phase(hp, state, key_adv, "adversary")
+        # PROTAGONIST PHASE
+        state, (protagonist_loss, episode_return) = run_phase(hp, state, key_pro, "protagonist")
 
-            # CURRICULUM UPDATE (self-paced) once curriculum_batch protagonist episodes have finished
-            curriculum = state.curriculum
-            if adversary_on and config.curriculum == "self-paced":
-                ready = curriculum.count >= config.curriculum_batch
-                shape, bound_met = self_paced_update(
-                    curriculum.shape, curriculum.bound_met, curriculum.temperatures, curriculum.returns,
-                    config.temperature_rate, config.target_shape, config.kl_bound, config.return_bound,
-                    config.initial_shape)
-                curriculum = curriculum._replace(shape=jnp.where(ready, shape, curriculum.shape),
-                                                 bound_met=jnp.where(ready, bound_met, curriculum.bound_met),
-                                                 count=jnp.where(ready, 0, curriculum.count))
-                state = state._replace(curriculum=curriculum)
+        # CURRICULUM UPDATE (self-paced) once curriculum_batch protagonist episodes have finished
+        curriculum = state.curriculum
+        if adversary_on and config.curriculum == "self-paced":
+            ready = curriculum.count >= config.curriculum_batch
+            shape, bound_met = self_paced_update(
+                curriculum.shape, curriculum.bound_met, curriculum.temperatures, curriculum.returns,
+                config.temperature_rate, config.target_shape, hp["kl_bound"], hp["return_bound"],
+                config.initial_shape)
+            curriculum = curriculum._replace(shape=jnp.where(ready, shape, curriculum.shape),
+                                             bound_met=jnp.where(ready, bound_met, curriculum.bound_met),
+                                             count=jnp.where(ready, 0, curriculum.count))
+            state = state._replace(curriculum=curriculum)
 
-            # EVALUATE AND LOG
-            is_eval = ((index + 1) % sizes.eval_every == 0) | (index == sizes.num_iterations - 1)
-            key_nominal, key_adversary = jax.random.split(key_eval)
-            eval_return, eval_vs_adversary = jax.lax.cond(
-                is_eval,
-                lambda: (evaluate(state, key_nominal, False), evaluate(state, key_adversary, adversary_on)),
-                lambda: (jnp.float32(jnp.nan), jnp.float32(jnp.nan)))
-            metrics = {
-                "env_steps": (index + 1) * sizes.steps_per_iteration,  # the protagonist's phases
-                "total_env_steps": state.steps,  # both phases
-                "episode_return": episode_return,
-                "adversary_phase_return": adversary_phase_return,
-                "temperature": state.temperature.mean(),
-                "curriculum_shape": curriculum.shape if config.curriculum == "self-paced" and adversary_on
-                else jnp.float32(jnp.nan),
-                "alpha": jnp.exp(state.protagonist.log_alpha),
-                "protagonist_critic_loss": protagonist_loss,
-                "adversary_critic_loss": adversary_loss,
-                "eval_return": eval_return,
-                "eval_return_vs_adversary": eval_vs_adversary,
-            }
-            if progress is not None:
-                jax.debug.callback(lambda m: progress(**m), {k: metrics[k] for k in (
-                    "env_steps", "episode_return", "adversary_phase_return", "temperature", "eval_return")})
-            return (state, key), metrics
+        # EVALUATE AND LOG
+        is_eval = ((index + 1) % sizes.eval_every == 0) | (index == sizes.num_iterations - 1)
+        key_nominal, key_adversary = jax.random.split(key_eval)
+        eval_return, eval_vs_adversary = jax.lax.cond(
+            is_eval,
+            lambda: (evaluate(state, key_nominal, False), evaluate(state, key_adversary, adversary_on)),
+            lambda: (jnp.float32(jnp.nan), jnp.float32(jnp.nan)))
+        metrics = {
+            "env_steps": (index + 1) * sizes.steps_per_iteration,  # the protagonist's phases
+            "total_env_steps": state.steps,  # both phases
+            "episode_return": episode_return,
+            "adversary_phase_return": adversary_phase_return,
+            "temperature": state.temperature.mean(),
+            "curriculum_shape": curriculum.shape if config.curriculum == "self-paced" and adversary_on
+            else jnp.float32(jnp.nan),
+            "alpha": jnp.exp(state.protagonist.log_alpha),
+            "protagonist_critic_loss": protagonist_loss,
+            "adversary_critic_loss": adversary_loss,
+            "eval_return": eval_return,
+            "eval_return_vs_adversary": eval_vs_adversary,
+        }
+        if progress is not None:
+            jax.debug.callback(lambda m: progress(**m), {k: metrics[k] for k in (
+                "env_steps", "episode_return", "adversary_phase_return", "temperature", "eval_return")})
+        return (hp, state, key), metrics
 
-        (state, _), metrics = jax.lax.scan(iteration, (state, key), jnp.arange(sizes.num_iterations))
-        return state, metrics
-
-    return train
+    return runlog.Program(init, update, sizes.num_iterations, result=lambda carry: carry[1])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -653,52 +681,70 @@ def make_grid_evaluation(config: Config) -> tuple[envs.UncertaintySet, Callable]
     return uset, evaluator
 
 
-def main(args: list[str] | None = None) -> dict[str, Any]:
+def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
     run_dir = runlog.run_path(config, "qarl")
-    progress = runlog.Progress(run_dir, sizes.num_iterations * sizes.steps_per_iteration, config.num_seeds,
-                               config.quiet, every_seconds=5.0)
-    train = runlog.vmap_seeds(make_train(config, progress))  # raises on a bad config before compiling
+    values = sizes.sweep_values or (None,)
+    progress = runlog.Progress(run_dir, sizes.num_iterations * sizes.steps_per_iteration,
+                               config.num_seeds * len(values), config.quiet, every_seconds=5.0)
+    program = make_train(config, progress)  # raises on a bad config before compiling
     uset, grid_evaluation = make_grid_evaluation(config)
-    runlog.start_run(run_dir, config, "qarl")
+    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
+    for directory, run_config in {run_dir: config, **run_configs}.items():
+        runlog.start_run(directory, run_config, "qarl")
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
         mode = f"{config.curriculum} curriculum" if config.adversary == "on" else "no adversary (SAC)"
-        print(f"QARL on {config.env_id} ({config.preset} preset, {mode}), {config.num_seeds} seed(s) x "
+        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
+        print(f"QARL on {config.env_id} ({config.preset} preset, {mode}), {config.num_seeds} seed(s){grid} x "
               f"{sizes.num_iterations * sizes.steps_per_iteration:,} steps -> {run_dir}", flush=True)
-    (state, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
+    state, metrics, compile_seconds, train_seconds = runlog.run_program(
+        program, keys, run_dir, config.num_checkpoints, config.resume,
+        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
 
-    # ROBUSTNESS GRID: every seed's protagonist on every model, no adversary
-    grids = [grid_evaluation(jax.tree.map(lambda x: x[seed], state.protagonist.actor), jax.random.PRNGKey(seed))
-             for seed in range(config.num_seeds)]
-    grid_returns = np.stack([np.asarray(g.returns) for g in grids])
-    runlog.write_grid(run_dir, uset, np.asarray(grids[0].values), grid_returns,
-               f"QARL {config.adversary == 'on' and config.curriculum or 'off'} on {config.env_id}: "
-               f"{uset.name} ({config.num_seeds} seeds, {sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
-    summary = runlog.finish_run(
-        run_dir, config, "qarl", metrics, final_return=metrics["eval_return"][:, -1],
-        checkpoint={"protagonist": state.protagonist._asdict(), "adversary": state.adversary._asdict(),
-                    "curriculum": state.curriculum._asdict()},
-        compile_seconds=compile_seconds, train_seconds=train_seconds,
-        extra_summary={
-            "return_vs_adversary": np.asarray(metrics["eval_return_vs_adversary"][:, -1]).tolist(),
-            "grid_set": uset.name, "grid_points": config.grid_points,
-            "grid_worst": [float(g.worst) for g in grids], "grid_average": [float(g.average) for g in grids],
-            "final_temperature_mean": np.asarray(metrics["temperature"][:, -1]).tolist(),
-        },
-    )
-    if np.isinf(np.asarray(metrics["protagonist_critic_loss"])).any() or np.isnan(summary["final_return"]).any():
+    summaries, curves = [], []
+    for index, (directory, run_config) in enumerate(run_configs.items()):
+        pick = (lambda x: x) if sizes.sweep_name is None else (lambda x: x[index])
+        run_state = jax.tree.map(pick, state)
+        run_metrics = {k: np.asarray(pick(v)) for k, v in metrics.items()}
+
+        # ROBUSTNESS GRID: every seed's protagonist on every model, no adversary
+        grids = [grid_evaluation(jax.tree.map(lambda x: x[seed], run_state.protagonist.actor),
+                                 jax.random.PRNGKey(seed)) for seed in range(config.num_seeds)]
+        grid_returns = np.stack([np.asarray(g.returns) for g in grids])
+        swept = f", {directory.name}" if sizes.sweep_name else ""
+        runlog.write_grid(directory, uset, np.asarray(grids[0].values), grid_returns,
+                          f"QARL {config.adversary == 'on' and config.curriculum or 'off'} on {config.env_id}"
+                          f"{swept}: {uset.name} ({config.num_seeds} seeds, "
+                          f"{sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
+        summaries.append(runlog.finish_run(
+            directory, run_config, "qarl", run_metrics, final_return=run_metrics["eval_return"][:, -1],
+            checkpoint={"protagonist": run_state.protagonist._asdict(), "adversary": run_state.adversary._asdict(),
+                        "curriculum": run_state.curriculum._asdict()},
+            compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
+            extra_summary={
+                "return_vs_adversary": run_metrics["eval_return_vs_adversary"][:, -1].tolist(),
+                "grid_set": uset.name, "grid_points": config.grid_points,
+                "grid_worst": [float(g.worst) for g in grids], "grid_average": [float(g.average) for g in grids],
+                "final_temperature_mean": run_metrics["temperature"][:, -1].tolist(),
+            },
+        ))
+        curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
+    final_returns = np.array([summary["final_return"] for summary in summaries])
+    if np.isinf(np.asarray(metrics["protagonist_critic_loss"])).any() or np.isnan(final_returns).any():
         raise SystemExit(f"Training diverged (an infinite critic loss or a NaN return). Outputs so far are in "
                          f"{run_dir}. Try lower learning rates (--critic-lr, --actor-lr).")
     if not config.quiet:
-        print(f"evaluation return {runlog.sparkline(runlog.nanmean_quiet(metrics['eval_return'], axis=0))}")
-        print(f"final return per seed: {[round(r, 1) for r in summary['final_return']]}; against the adversary: "
-              f"{[round(r, 1) for r in summary['return_vs_adversary']]}")
-        print(f"grid {uset.name}: worst {[round(r, 1) for r in summary['grid_worst']]}, average "
-              f"{[round(r, 1) for r in summary['grid_average']]}  -> {run_dir / 'grid.png'}")
-        print(f"{summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s")
-    return summary
+        for directory, summary, curve in zip(run_configs, summaries, curves):
+            print(f"{directory}: evaluation return {runlog.sparkline(curve)}")
+            print(f"  final return per seed: {[round(r, 1) for r in summary['final_return']]}; against the "
+                  f"adversary: {[round(r, 1) for r in summary['return_vs_adversary']]}")
+            print(f"  grid {uset.name}: worst {[round(r, 1) for r in summary['grid_worst']]}, average "
+                  f"{[round(r, 1) for r in summary['grid_average']]}  -> {directory / 'grid.png'}")
+        print(f"{summaries[0]['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s")
+    return summaries if sizes.sweep_name else summaries[0]
 
 
 if __name__ == "__main__":

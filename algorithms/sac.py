@@ -11,6 +11,8 @@ Run (from the repository root):
     python algorithms/sac.py                                          # gymnax Pendulum-v1
     python algorithms/sac.py --preset brax-inverted-pendulum
     python algorithms/sac.py --num-seeds 4 --actor-lr 1e-3            # any field below is a flag; see --help
+    python algorithms/sac.py --sweep critic_lr=1e-4,3e-4,1e-3         # one vmapped program, one run dir per value
+    python algorithms/sac.py --resume runs/sac_Pendulum-v1_...        # continue a run from its last checkpoint
 
 Logged per row (metrics_seed<i>.csv, ~200 rows a run): env_steps (per seed), episode_return /
 episode_length (training episodes that finished in that stretch, NaN if none; unscaled reward),
@@ -31,6 +33,7 @@ Choices (the issue and the paper leave them open):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -108,6 +111,16 @@ class Config:
     """Also log to Weights & Biases (WANDB_MODE=offline works)."""
     wandb_project: str = "jax-rl-collection"
     """wandb project name."""
+    sweep: str = ""
+    """Train every value of one hyperparameter in one vmapped program, e.g. critic_lr=1e-4,3e-4 (see SWEEPABLE)."""
+    num_checkpoints: int = 10
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    resume: bool = False
+    """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
+
+
+# Hyperparameters that `--sweep` can vary inside one vmapped program (they enter the run as numbers).
+SWEEPABLE = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "gamma", "tau", "reward_scale")
 
 
 # Paper defaults (lr 3e-4, 256x256, batch 256, γ 0.99, τ 0.005, one update per env step) unless noted.
@@ -156,6 +169,8 @@ class Sizes(NamedTuple):
     num_rows: int
     eval_every: int  # rows between evaluations
     progress_every: int  # rows between progress callbacks
+    sweep_name: str | None
+    sweep_values: tuple[float, ...]
 
 
 def derive_sizes(config: Config) -> Sizes:
@@ -166,6 +181,8 @@ def derive_sizes(config: Config) -> Sizes:
     for name in ("gamma", "tau"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+    if config.init_alpha <= 0:
+        raise ValueError(f"init_alpha must be positive (log α is learned), got {config.init_alpha}.")
     updates = config.num_envs * config.updates_per_env_step
     if updates < 1 or abs(updates - round(updates)) > 1e-9:
         raise ValueError(
@@ -177,6 +194,9 @@ def derive_sizes(config: Config) -> Sizes:
         raise ValueError(f"total_timesteps ({config.total_timesteps}) must be at least num_envs ({config.num_envs}).")
     iterations_per_row = max(iterations // 200, 1)
     num_rows = iterations // iterations_per_row
+    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    for value in sweep_values:  # every swept value must be a valid config on its own
+        derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(
         iterations=num_rows * iterations_per_row,
         random_iterations=config.learning_starts // config.num_envs,
@@ -186,6 +206,8 @@ def derive_sizes(config: Config) -> Sizes:
         num_rows=num_rows,
         eval_every=max(num_rows // config.num_evals, 1),
         progress_every=max(num_rows // 100, 1),
+        sweep_name=sweep_name,
+        sweep_values=sweep_values,
     )
 
 
@@ -328,9 +350,11 @@ class TrainState(NamedTuple):
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> Callable:
-    """Build `train(key) -> (TrainState, metrics)`, the whole run as one jittable function.
+def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
+    """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
+    in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
+    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
     `progress`, if given, is called from inside the run (host callback) every ~1% of it. Bad configs
     raise here, before anything is compiled.
     """
@@ -339,13 +363,14 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
     obs_dim = env.observation_space(env_params).shape[0]
     actor = Actor(action_dim, config.hidden_size, config.num_layers)
     critic = TwinCritic(config.hidden_size, config.num_layers)
-    actor_optimizer = optax.adam(config.actor_lr)
-    critic_optimizer = optax.adam(config.critic_lr)
-    alpha_optimizer = optax.adam(config.alpha_lr)
     target_entropy = -float(action_dim) if config.target_entropy is None else config.target_entropy
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     eval_steps = int(env_params.max_steps_in_episode)
+
+    def optimizers(hp):
+        """Adam for the actor, the twin critics and log α, at the run's (possibly swept) learning rates."""
+        return optax.adam(hp["actor_lr"]), optax.adam(hp["critic_lr"]), optax.adam(hp["alpha_lr"])
 
     def normalize(stats: RunningStats, obs):
         if not config.normalize_observations:
@@ -376,8 +401,9 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, eval_steps))
         return first_return.mean()
 
-    def gradient_update(state: TrainState, batch: Transition, key):
+    def gradient_update(hp, state: TrainState, batch: Transition, key):
         """One SAC update: critics, then actor (against the new critics), then temperature, then targets."""
+        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
         key_next, key_actor = jax.random.split(key)
         obs, next_obs = normalize(state.obs_stats, batch.obs), normalize(state.obs_stats, batch.next_obs)
         alpha = jnp.exp(state.log_alpha)
@@ -385,8 +411,8 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         # CRITIC UPDATE
         next_action, next_log_prob = sample_action(state.actor, next_obs, key_next)
         next_q_min = critic.apply(state.target_critic, next_obs, next_action).min(0)
-        targets = critic_targets(config.reward_scale * batch.reward, batch.terminated.astype(jnp.float32),
-                                 next_q_min, next_log_prob, alpha, config.gamma)
+        targets = critic_targets(hp["reward_scale"] * batch.reward, batch.terminated.astype(jnp.float32),
+                                 next_q_min, next_log_prob, alpha, hp["gamma"])
 
         def critic_loss_fn(params):
             q = critic.apply(params, obs, batch.action)  # [2, batch]
@@ -412,19 +438,21 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         log_alpha = optax.apply_updates(state.log_alpha, updates)
 
         # TARGET CRITICS (Polyak averaging)
-        target_critic = optax.incremental_update(critic_params, state.target_critic, config.tau)
+        target_critic = optax.incremental_update(critic_params, state.target_critic, hp["tau"])
         state = TrainState(actor_params, critic_params, target_critic, log_alpha, actor_opt, critic_opt,
                            alpha_opt, state.obs_stats)
         losses = {"critic_loss": critic_loss, "actor_loss": actor_loss, "alpha": alpha,
                   "entropy": -log_prob.mean(), "q_mean": q_mean}
         return state, losses
 
-    def train(key):
+    def init(key, hparams):
+        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
+        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
         key, key_actor, key_critic, key_reset = jax.random.split(key, 4)
         dummy_obs, dummy_action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
         actor_params = actor.init(key_actor, dummy_obs)
         critic_params = critic.init(key_critic, dummy_obs, dummy_action)
-        log_alpha = jnp.log(jnp.float32(config.init_alpha))
+        log_alpha = jnp.log(hp["init_alpha"])
         state = TrainState(
             actor_params, critic_params, critic_params, log_alpha, actor_optimizer.init(actor_params),
             critic_optimizer.init(critic_params), alpha_optimizer.init(log_alpha),
@@ -437,104 +465,123 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
             jnp.int32(0), jnp.int32(0),
         )
         obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
+        return hp, state, buffer, env_state, obs, key
+
+    def iteration(carry, index):
+        """One step of every env into the buffer, then updates_per_iteration gradient updates."""
+        hp, state, buffer, env_state, obs, key = carry
+        key, key_action, key_random, key_step, key_update = jax.random.split(key, 5)
+
+        # COLLECT: one step of every env, uniformly random actions before learning starts
+        policy_action, _ = sample_action(state.actor, normalize(state.obs_stats, obs), key_action)
+        random_action = jax.random.uniform(key_random, policy_action.shape, minval=-1.0, maxval=1.0)
+        action = jnp.where(index < sizes.random_iterations, random_action, policy_action)
+        keys = jax.random.split(key_step, config.num_envs)
+        next_obs, env_state, reward, terminated, truncated, info = step_envs(
+            keys, env_state, to_env_action(action), env_params
+        )
+        done = (terminated | truncated)[:, None]
+        true_next_obs = jnp.where(done, info["final_observation"], next_obs)
+        buffer = buffer_add(buffer, Transition(obs, action, reward, terminated, true_next_obs))
+        if config.normalize_observations:
+            state = state._replace(obs_stats=update_stats(state.obs_stats, true_next_obs))
+
+        # UPDATE NETWORKS: updates_per_iteration gradient steps on fresh samples
+        def learn(state):
+            def one_update(state, key):
+                key_sample, key_loss = jax.random.split(key)
+                return gradient_update(hp, state, buffer_sample(buffer, key_sample, config.batch_size), key_loss)
+
+            state, losses = jax.lax.scan(one_update, state,
+                                         jax.random.split(key_update, sizes.updates_per_iteration))
+            return state, jax.tree.map(jnp.mean, losses)
+
         no_losses = {k: jnp.float32(jnp.nan) for k in ("critic_loss", "actor_loss", "alpha", "entropy", "q_mean")}
+        state, losses = jax.lax.cond(index >= sizes.random_iterations, learn, lambda s: (s, no_losses), state)
+        episodes = (info["episode_done"], info["episode_return"], info["episode_length"])
+        return (hp, state, buffer, env_state, next_obs, key), (losses, episodes)
 
-        def iteration(carry, index):
-            state, buffer, env_state, obs, key = carry
-            key, key_action, key_random, key_step, key_update = jax.random.split(key, 5)
+    def update(carry, row_index):
+        """iterations_per_row iterations, averaged into one metrics row; an evaluation every eval_every rows."""
+        first = row_index * sizes.iterations_per_row
+        carry, (losses, (done, returns, lengths)) = jax.lax.scan(
+            iteration, carry, first + jnp.arange(sizes.iterations_per_row)
+        )
+        hp, state, buffer, env_state, obs, key = carry
+        key, key_eval = jax.random.split(key)
 
-            # COLLECT: one step of every env, uniformly random actions before learning starts
-            policy_action, _ = sample_action(state.actor, normalize(state.obs_stats, obs), key_action)
-            random_action = jax.random.uniform(key_random, policy_action.shape, minval=-1.0, maxval=1.0)
-            action = jnp.where(index < sizes.random_iterations, random_action, policy_action)
-            keys = jax.random.split(key_step, config.num_envs)
-            next_obs, env_state, reward, terminated, truncated, info = step_envs(
-                keys, env_state, to_env_action(action), env_params
+        # EVALUATE AND LOG
+        is_eval = ((row_index + 1) % sizes.eval_every == 0) | (row_index == sizes.num_rows - 1)
+        eval_return = jax.lax.cond(is_eval, lambda: deterministic_evaluation(state, key_eval),
+                                   lambda: jnp.float32(jnp.nan))
+        metrics = {
+            "env_steps": (first + sizes.iterations_per_row) * config.num_envs,
+            "episode_return": envs.mean_over_finished(returns, done),
+            "episode_length": envs.mean_over_finished(lengths, done),
+            **{k: jnp.nanmean(v) for k, v in losses.items()},  # NaN only before learning starts
+            "eval_return": eval_return,
+        }
+        if progress is not None:
+            jax.lax.cond(
+                (row_index + 1) % sizes.progress_every == 0,
+                lambda: jax.debug.callback(
+                    lambda m: progress(**m),
+                    {k: metrics[k] for k in ("env_steps", "episode_return", "eval_return", "alpha")},
+                ),
+                lambda: None,
             )
-            done = (terminated | truncated)[:, None]
-            true_next_obs = jnp.where(done, info["final_observation"], next_obs)
-            buffer = buffer_add(buffer, Transition(obs, action, reward, terminated, true_next_obs))
-            if config.normalize_observations:
-                state = state._replace(obs_stats=update_stats(state.obs_stats, true_next_obs))
+        return (hp, state, buffer, env_state, obs, key), metrics
 
-            # UPDATE NETWORKS: updates_per_iteration gradient steps on fresh samples
-            def learn(state):
-                def one_update(state, key):
-                    key_sample, key_loss = jax.random.split(key)
-                    return gradient_update(state, buffer_sample(buffer, key_sample, config.batch_size), key_loss)
-
-                state, losses = jax.lax.scan(one_update, state,
-                                             jax.random.split(key_update, sizes.updates_per_iteration))
-                return state, jax.tree.map(jnp.mean, losses)
-
-            state, losses = jax.lax.cond(index >= sizes.random_iterations, learn, lambda s: (s, no_losses), state)
-            episodes = (info["episode_done"], info["episode_return"], info["episode_length"])
-            return (state, buffer, env_state, next_obs, key), (losses, episodes)
-
-        def row(carry, row_index):
-            """iterations_per_row iterations, averaged into one metrics row; an evaluation every eval_every rows."""
-            first = row_index * sizes.iterations_per_row
-            carry, (losses, (done, returns, lengths)) = jax.lax.scan(
-                iteration, carry, first + jnp.arange(sizes.iterations_per_row)
-            )
-            state, buffer, env_state, obs, key = carry
-            key, key_eval = jax.random.split(key)
-            is_eval = ((row_index + 1) % sizes.eval_every == 0) | (row_index == sizes.num_rows - 1)
-            eval_return = jax.lax.cond(is_eval, lambda: deterministic_evaluation(state, key_eval),
-                                       lambda: jnp.float32(jnp.nan))
-            metrics = {
-                "env_steps": (first + sizes.iterations_per_row) * config.num_envs,
-                "episode_return": envs.mean_over_finished(returns, done),
-                "episode_length": envs.mean_over_finished(lengths, done),
-                **{k: jnp.nanmean(v) for k, v in losses.items()},  # NaN only before learning starts
-                "eval_return": eval_return,
-            }
-            if progress is not None:
-                jax.lax.cond(
-                    (row_index + 1) % sizes.progress_every == 0,
-                    lambda: jax.debug.callback(
-                        lambda m: progress(**m),
-                        {k: metrics[k] for k in ("env_steps", "episode_return", "eval_return", "alpha")},
-                    ),
-                    lambda: None,
-                )
-            return (state, buffer, env_state, obs, key), metrics
-
-        carry = (state, buffer, env_state, obs, key)
-        (state, *_), metrics = jax.lax.scan(row, carry, jnp.arange(sizes.num_rows))
-        return state, metrics
-
-    return train
+    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[1])
 
 
-def main(args: list[str] | None = None) -> dict[str, Any]:
+def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
     run_dir = runlog.run_path(config, "sac")
-    progress = runlog.Progress(run_dir, sizes.iterations * config.num_envs, config.num_seeds, config.quiet)
-    train = runlog.vmap_seeds(make_train(config, progress))  # raises on a bad config before compiling
-    runlog.start_run(run_dir, config, "sac")
+    values = sizes.sweep_values or (None,)
+    progress = runlog.Progress(run_dir, sizes.iterations * config.num_envs, config.num_seeds * len(values),
+                               config.quiet)
+    program = make_train(config, progress)  # raises on a bad config before compiling
+    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
+    for directory, run_config in {run_dir: config, **run_configs}.items():
+        runlog.start_run(directory, run_config, "sac")
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
-        print(f"SAC on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s) x "
+        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
+        print(f"SAC on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid} x "
               f"{sizes.iterations * config.num_envs:,} steps -> {run_dir}", flush=True)
-    (state, metrics), compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
-    summary = runlog.finish_run(
-        run_dir, config, "sac", metrics, final_return=metrics["eval_return"][:, -1],
-        checkpoint=state._asdict(), compile_seconds=compile_seconds, train_seconds=train_seconds,
-    )
-    learning = np.asarray(metrics["env_steps"][0]) > config.learning_starts + sizes.iterations_per_row * config.num_envs
-    if not np.isfinite(np.asarray(metrics["critic_loss"])[:, learning]).all():
+    state, metrics, compile_seconds, train_seconds = runlog.run_program(
+        program, keys, run_dir, config.num_checkpoints, config.resume,
+        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
+    summaries, curves = [], []
+    for index, (directory, run_config) in enumerate(run_configs.items()):
+        pick = (lambda x: x) if sizes.sweep_name is None else (lambda x: x[index])
+        run_metrics = {k: np.asarray(pick(v)) for k, v in metrics.items()}
+        summaries.append(runlog.finish_run(
+            directory, run_config, "sac", run_metrics, final_return=run_metrics["eval_return"][:, -1],
+            checkpoint=jax.tree.map(pick, state._asdict()), compile_seconds=compile_seconds,
+            train_seconds=train_seconds / len(values),
+        ))
+        curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
+    env_steps = np.asarray(metrics["env_steps"]).reshape(-1, sizes.num_rows)[0]
+    learning = env_steps > config.learning_starts + sizes.iterations_per_row * config.num_envs
+    critic_loss = np.asarray(metrics["critic_loss"]).reshape(-1, sizes.num_rows)[:, learning]
+    if not np.isfinite(critic_loss).all():
+        learner, row = np.argwhere(~np.isfinite(critic_loss))[0]
         raise SystemExit(
-            f"critic_loss became NaN/inf. Outputs so far are in {run_dir}. Try lower learning rates, a smaller "
-            f"--reward-scale, or --normalize-observations."
+            f"critic_loss became NaN/inf for learner {learner} (seed x swept value) at env step "
+            f"{int(env_steps[learning][row]):,}. Outputs so far are in {run_dir}. Try lower learning rates, a "
+            f"smaller --reward-scale, or --normalize-observations."
         )
     if not config.quiet:
-        print(f"evaluation return {runlog.sparkline(runlog.nanmean_quiet(metrics['eval_return'], axis=0))}")
-        print(f"final return per seed: {summary['final_return']}  "
-              f"({summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s)")
-        print(f"curve: {run_dir / 'curve.png'}  summary: {run_dir / 'summary.json'}")
-    return summary
+        for directory, summary, curve in zip(run_configs, summaries, curves):
+            print(f"{directory}: evaluation return {runlog.sparkline(curve)}")
+            print(f"  final return per seed: {summary['final_return']}  "
+                  f"({summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s)")
+        print(f"curves (curve.png) and summaries (summary.json) in {run_dir}")
+    return summaries if sizes.sweep_name else summaries[0]
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ from tests.test_cli import TINY
 # A hyperparameter per file that --sweep varies inside one program, and three values of it.
 SWEEPS = {
     "pqn": ("lr", (1e-4, 3e-4, 1e-3)),
-    "stream_x": ("td_lambda", (0.2, 0.5, 0.9)),
+    "qarl": ("critic_lr", (1e-4, 3e-4, 1e-3)),
+    "sac": ("critic_lr", (1e-4, 3e-4, 1e-3)),
     "sqirl": ("lr", (1e-4, 1e-3, 1e-2)),
+    "stream_x": ("td_lambda", (0.2, 0.5, 0.9)),
 }
-RESUMABLE = ["pqn", "stream_x", "sqirl"]
+RESUMABLE = ["pqn", "qarl", "sac", "sqirl", "stream_x"]  # IWOCS resumes by stage: tests/test_iwocs.py
 
 
 def leaves(path):
