@@ -333,20 +333,22 @@ def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoint
     chunk_all = jax.jit(_batched(chunk, num_seeds, None if name is None else (0, None)))
     t0 = time.perf_counter()
     carry_shape = jax.eval_shape(init_all, keys, hparams)
-    compiled = chunk_all.lower(carry_shape, jnp.int32(0)).compile()
-    compile_seconds = time.perf_counter() - t0
     state_path = Path(run_dir) / "resume.npz"
     if resume:
         metrics_shape = jax.eval_shape(chunk_all, carry_shape, jnp.int32(0))[1]
         done, carry, metrics, train_seconds = _load_state(state_path, carry_shape, metrics_shape,
                                                           program.num_updates, length)
-        carry = _place(carry, keys, batch_axes)
     else:
         done, carry, metrics, train_seconds = 0, init_all(keys, hparams), [], 0.0
+    # Fresh or resumed, every chunk gets its carry placed the same way (seed axis over the devices), so one
+    # compiled chunk serves every call.
+    compiled = chunk_all.lower(_place(carry, keys, batch_axes), jnp.int32(0)).compile()
+    compile_seconds = time.perf_counter() - t0  # tracing, compiling and the initial state
     for index in range(done // length, chunks):
         if stop_after_chunks is not None and index >= stop_after_chunks:
             raise RunInterrupted(f"stopped after {index} of {chunks} chunks")
         t0 = time.perf_counter()
+        carry = _place(carry, keys, batch_axes)
         carry, chunk_metrics = jax.block_until_ready(compiled(carry, jnp.int32(index * length)))
         jax.effects_barrier()  # let the chunk's progress callbacks finish before timing stops
         train_seconds += time.perf_counter() - t0
@@ -413,7 +415,8 @@ def _load_state(path: Path, carry_shape: Any, metrics_shape: Any, num_updates: i
 
 
 def _place(tree: Any, keys: jax.Array, batch_axes: int) -> Any:
-    """Put a restored carry on the devices the way the keys are: sharded along the seed axis, if they are."""
+    """Put a carry (fresh, restored or from the last chunk) on the devices the way the keys are: sharded along
+    the seed axis if they are (a no-op when it already is)."""
     sharding = getattr(keys, "sharding", None)
     if sharding is None or len(sharding.device_set) == 1:
         return jax.tree.map(jnp.asarray, tree)

@@ -73,6 +73,38 @@ def test_sharded_seeds_match_one_device(results, name):
                                    atol=1e-5, equal_nan=True, err_msg=f"{name}: {key}")
 
 
+RESUME_ON_4_DEVICES = """
+import functools, sys
+import jax, numpy as np
+import runlog
+from algorithms import pqn
+
+out = sys.argv[1]
+flags = ["--total-timesteps", "8192", "--num-evals", "1", "--num-seeds", "4", "--num-checkpoints", "4", "--quiet"]
+pqn.main([*flags, "--run-dir", out + "/whole"])
+uninterrupted = runlog.run_program
+runlog.run_program = functools.partial(uninterrupted, stop_after_chunks=2)  # as if killed after 2 of 4 chunks
+try:
+    pqn.main([*flags, "--run-dir", out + "/cut"])
+except runlog.RunInterrupted:
+    pass
+runlog.run_program = uninterrupted
+pqn.main(["--resume", out + "/cut", "--quiet"])
+sweep = pqn.main([*flags, "--sweep", "lr=1e-4,3e-4", "--run-dir", out + "/sweep"])
+whole, cut = (jax.tree.leaves(runlog.load_checkpoint(f"{out}/{name}/checkpoint.msgpack")) for name in ("whole", "cut"))
+print("RESULT", len(jax.devices()), all(np.array_equal(a, b) for a, b in zip(whole, cut)), len(sweep))
+"""
+
+
+def test_sharded_run_resumes_and_sweeps_through_main(tmp_path):
+    """main() on 4 devices: the chunks keep the seeds sharded, --resume continues exactly, --sweep runs."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run([sys.executable, "-c", RESUME_ON_4_DEVICES, str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("RESULT", 1)[1].split() == ["4", "True", "2"]
+
+
 def test_seed_count_that_does_not_divide_the_devices_fails_with_the_fix():
     code = "import runlog; runlog.seed_keys(0, 6)"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
