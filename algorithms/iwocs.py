@@ -574,23 +574,6 @@ def grid_search(evaluate: Callable, uset, key, config: Config):
     return flat[jnp.argmin(returns)], returns.min()
 
 
-class DiscountedReward(envs.Wrapper):
-    """Rewards multiplied by γ^t, so that an evaluator's sum of rewards is the discounted return V(s0)."""
-
-    def __init__(self, env, gamma: float):
-        super().__init__(env)
-        self.gamma = gamma
-
-    def reset(self, key, params=None):
-        obs, state = self._env.reset(key, params)
-        return obs, (state, jnp.float32(1.0))
-
-    def step(self, key, state, action, params=None):
-        env_state, discount = state
-        obs, env_state, reward, terminated, truncated, info = self._env.step(key, env_state, action, params)
-        return obs, (env_state, discount * self.gamma), reward * discount, terminated, truncated, info
-
-
 # ----------------------------------------------------------------------------------------------------
 # IWOCS: the pieces the outer loop calls (each jitted, seeds vmapped)
 
@@ -625,7 +608,7 @@ def make_pieces(config: Config) -> Pieces:
         obs = (obs - stats.mean) / jnp.sqrt(stats.var + 1e-8) if config.normalize_observations else obs
         return to_env(jnp.tanh(actor_net.apply(agent.actor, obs)[0]))
 
-    values_discounted = envs.make_model_evaluator(DiscountedReward(base, config.gamma), env_params, uset,
+    values_discounted = envs.make_model_evaluator(envs.DiscountedReward(base, config.gamma), env_params, uset,
                                                   robust_policy, episode_steps, config.search_episodes, init)
     returns_undiscounted = envs.make_model_evaluator(base, env_params, uset, robust_policy, episode_steps,
                                                      config.search_episodes, init)

@@ -34,6 +34,7 @@ from envs.robust import (
 from envs.spaces import require_continuous_actions, require_discrete_actions
 from envs.wrappers import (
     ClipAction,
+    DiscountedReward,
     EpisodeStatistics,
     FlattenObservation,
     HorizonCap,
@@ -48,6 +49,7 @@ __all__ = [
     "ClipAction",
     "CombinationLock",
     "DEFAULT_ADVERSARY",
+    "DiscountedReward",
     "DomainRandomization",
     "EpisodeStatistics",
     "FlattenObservation",

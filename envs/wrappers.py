@@ -136,6 +136,25 @@ class StickyActions(Wrapper):
         return obs, StickyActionsState(env_state, last_action), reward, terminated, truncated, info
 
 
+class DiscountedReward(Wrapper):
+    """Rewards multiplied by γ^t (t counted from the reset), so that an evaluator's plain sum of rewards is
+    the discounted return V(s0). IWOCS's worst-case search minimizes it. Adds no auto-reset of its own:
+    evaluators score each env's first episode."""
+
+    def __init__(self, env, gamma: float):
+        super().__init__(env)
+        self.gamma = gamma
+
+    def reset(self, key, params=None):
+        obs, state = self._env.reset(key, params)
+        return obs, (state, jnp.float32(1.0))
+
+    def step(self, key, state, action, params=None):
+        env_state, discount = state
+        obs, env_state, reward, terminated, truncated, info = self._env.step(key, env_state, action, params)
+        return obs, (env_state, discount * self.gamma), reward * discount, terminated, truncated, info
+
+
 @struct.dataclass
 class HorizonCapState:
     env_state: Any

@@ -139,3 +139,21 @@ def test_every_gymnax_id_builds_and_steps_with_the_common_interface():
         obs, state, reward, terminated, truncated, info = env.step(jax.random.PRNGKey(2), state, action, params)
         assert info["final_observation"].shape == obs.shape, env_id
         assert terminated.dtype == jnp.bool_ and truncated.dtype == jnp.bool_, env_id
+
+
+def test_discounted_reward_sums_to_the_discounted_return():
+    """DiscountedReward's rewards add up to sum_t γ^t r_t of the same trajectory (a plain loop)."""
+    env, params = envs.make("Pendulum-v1")
+    discounted = envs.DiscountedReward(env, 0.9)
+    key = jax.random.PRNGKey(0)
+    _, plain_state = env.reset(key, params)
+    _, state = discounted.reset(key, params)
+    expected = total = 0.0
+    for t in range(20):
+        action = jnp.array([np.sin(t)])
+        step_key = jax.random.fold_in(key, t)
+        _, plain_state, reward, *_ = env.step(step_key, plain_state, action, params)
+        _, state, discounted_reward, *_ = discounted.step(step_key, state, action, params)
+        expected += 0.9**t * float(reward)
+        total += float(discounted_reward)
+    assert total == pytest.approx(expected, rel=1e-5)
