@@ -304,6 +304,15 @@ def sweep_run_configs(run_dir: Path, config, name: str | None, values: tuple[flo
     return {Path(run_dir) / f"{name}={v:g}": dataclasses.replace(config, **{name: cast(v)}, sweep="") for v in values}
 
 
+def sweep_runs(run_configs: dict[Path, Any], state: Any, metrics: dict[str, Any], swept: bool):
+    """Split what `run_program` returned into one run per swept value: yields (run_dir, config, state,
+    metrics as numpy arrays [seeds, rows]). Under a sweep every leaf has a leading value axis; without
+    one there is a single run and nothing is split."""
+    for index, (directory, run_config) in enumerate(run_configs.items()):
+        pick = (lambda x: x[index]) if swept else (lambda x: x)
+        yield directory, run_config, jax.tree.map(pick, state), {k: np.asarray(pick(v)) for k, v in metrics.items()}
+
+
 def num_chunks(num_updates: int, num_checkpoints: int) -> int:
     """The largest number of equal chunks <= num_checkpoints that divides num_updates (one compiled chunk)."""
     return max(c for c in range(1, max(min(num_checkpoints, num_updates), 1) + 1) if num_updates % c == 0)
@@ -606,6 +615,47 @@ def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], f
                f"{algorithm} on {config.env_id} ({config.preset} preset)", metrics.get(eval_key), ylabel=curve_label)
     log_trackers(run_dir, config, metrics)
     return summary
+
+
+def write_method_grids(run_dir: Path, uset, grids: dict[str, Any]) -> dict[str, Any]:
+    """Several methods evaluated on one grid (`grids`: method -> envs.GridEvaluation with a leading seed
+    axis): results.json, results.md (worst case and average, mean ± std over seeds) and heatmap.png (the
+    seed-mean grid of each method side by side, one color scale). Returns the table."""
+    table = {}
+    for method, grid in grids.items():
+        worst, average = np.asarray(grid.worst), np.asarray(grid.average)
+        table[method] = {"worst_mean": float(worst.mean()), "worst_std": float(worst.std()),
+                         "average_mean": float(average.mean()), "average_std": float(average.std()),
+                         "worst_per_seed": worst.tolist(), "average_per_seed": average.tolist(),
+                         "worst_values_per_seed": np.asarray(grid.worst_values).tolist(),
+                         "grid_returns_per_seed": np.asarray(grid.returns).tolist()}
+    write_json(run_dir / "results.json", {"uncertainty_set": uset.name, "names": uset.names,
+                                                 "grid": np.asarray(next(iter(grids.values())).values)[0].tolist(),
+                                                 "methods": table})
+    lines = [f"| method ({uset.name}, {len(next(iter(grids.values())).worst)} seeds) | worst case | average |",
+             "|---|---|---|"]
+    lines += [f"| {m} | {t['worst_mean']:.1f} ± {t['worst_std']:.1f} | {t['average_mean']:.1f} ± {t['average_std']:.1f} |"
+              for m, t in table.items()]
+    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
+    if uset.dim == 2:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids) + 1, 3.4), dpi=100, squeeze=False,
+                                 constrained_layout=True)
+        extent = [uset.low[1], uset.high[1], uset.low[0], uset.high[0]]
+        all_returns = np.stack([np.asarray(g.returns).mean(0) for g in grids.values()])
+        for ax, (method, grid) in zip(axes[0], grids.items()):
+            image = ax.imshow(np.asarray(grid.returns).mean(0), origin="lower", extent=extent, aspect="auto",
+                              vmin=all_returns.min(), vmax=all_returns.max(), cmap="viridis")
+            ax.set(title=f"{method}: worst {table[method]['worst_mean']:.0f}", xlabel=uset.names[1],
+                   ylabel=uset.names[0])
+        fig.colorbar(image, ax=axes[0].tolist(), label="return (mean over seeds)")
+        fig.savefig(run_dir / "heatmap.png")
+        plt.close(fig)
+    return table
 
 
 def write_grid(run_dir: Path, uset, values: np.ndarray, returns: np.ndarray, title: str):

@@ -674,45 +674,6 @@ def add_model(bank: Bank, agents: Agent, slot: int, keep: jax.Array) -> Bank:
 # OUTPUT
 
 
-def write_results(run_dir, uset, grids: dict[str, Any]) -> dict[str, Any]:
-    """results.json, results.md (table) and heatmap.png (seed-mean grid returns of each method)."""
-    table = {}
-    for method, grid in grids.items():
-        worst, average = np.asarray(grid.worst), np.asarray(grid.average)
-        table[method] = {"worst_mean": float(worst.mean()), "worst_std": float(worst.std()),
-                         "average_mean": float(average.mean()), "average_std": float(average.std()),
-                         "worst_per_seed": worst.tolist(), "average_per_seed": average.tolist(),
-                         "worst_values_per_seed": np.asarray(grid.worst_values).tolist(),
-                         "grid_returns_per_seed": np.asarray(grid.returns).tolist()}
-    runlog.write_json(run_dir / "results.json", {"uncertainty_set": uset.name, "names": uset.names,
-                                                 "grid": np.asarray(next(iter(grids.values())).values)[0].tolist(),
-                                                 "methods": table})
-    lines = [f"| method ({uset.name}, {len(next(iter(grids.values())).worst)} seeds) | worst case | average |",
-             "|---|---|---|"]
-    lines += [f"| {m} | {t['worst_mean']:.1f} ± {t['worst_std']:.1f} | {t['average_mean']:.1f} ± {t['average_std']:.1f} |"
-              for m, t in table.items()]
-    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
-    if uset.dim == 2:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids) + 1, 3.4), dpi=100, squeeze=False,
-                                 constrained_layout=True)
-        extent = [uset.low[1], uset.high[1], uset.low[0], uset.high[0]]
-        all_returns = np.stack([np.asarray(g.returns).mean(0) for g in grids.values()])
-        for ax, (method, grid) in zip(axes[0], grids.items()):
-            image = ax.imshow(np.asarray(grid.returns).mean(0), origin="lower", extent=extent, aspect="auto",
-                              vmin=all_returns.min(), vmax=all_returns.max(), cmap="viridis")
-            ax.set(title=f"{method}: worst {table[method]['worst_mean']:.0f}", xlabel=uset.names[1],
-                   ylabel=uset.names[0])
-        fig.colorbar(image, ax=axes[0].tolist(), label="return (mean over seeds)")
-        fig.savefig(run_dir / "heatmap.png")
-        plt.close(fig)
-    return table
-
-
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Everything the outer loop keeps between stages (for --resume), atomically; records as JSON text."""
     runlog.save_checkpoint(path, {**state, "records": json.dumps(state["records"])})
@@ -840,7 +801,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
              "DR (IWOCS's fallback)": pieces.grid_plain(bank.fallback, eval_key)}
     grids |= {name: pieces.grid_plain(state["baselines"][name], eval_key) for name, *_ in baselines}
-    table = write_results(run_dir, uset, grids)
+    table = runlog.write_method_grids(run_dir, uset, grids)
     say((run_dir / "results.md").read_text())
 
     iwocs_name = next(iter(grids))

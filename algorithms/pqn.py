@@ -464,12 +464,11 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         program, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
     summaries, curves = [], []
-    for index, (directory, run_config) in enumerate(run_configs.items()):
-        pick = (lambda x: x) if sizes.sweep_name is None else (lambda x: x[index])
-        run_metrics = {k: np.asarray(pick(v)) for k, v in metrics.items()}
+    for directory, run_config, run_state, run_metrics in runlog.sweep_runs(
+            run_configs, state, metrics, sizes.sweep_name is not None):
         summaries.append(runlog.finish_run(
             directory, run_config, "pqn", run_metrics, final_return=run_metrics["eval_return"][:, -1],
-            checkpoint={"params": jax.tree.map(pick, state.params), "opt_state": jax.tree.map(pick, state.opt_state)},
+            checkpoint={"params": run_state.params, "opt_state": run_state.opt_state},
             compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
         ))
         curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))

@@ -714,10 +714,8 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
 
     summaries, curves = [], []
-    for index, (directory, run_config) in enumerate(run_configs.items()):
-        pick = (lambda x: x) if sizes.sweep_name is None else (lambda x: x[index])
-        run_state = jax.tree.map(pick, state)
-        run_metrics = {k: np.asarray(pick(v)) for k, v in metrics.items()}
+    for directory, run_config, run_state, run_metrics in runlog.sweep_runs(
+            run_configs, state, metrics, sizes.sweep_name is not None):
 
         # ROBUSTNESS GRID: every seed's protagonist on every model, no adversary
         grids = [grid_evaluation(jax.tree.map(lambda x: x[seed], run_state.protagonist.actor),

@@ -527,14 +527,12 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
     curve_key = "rms_error" if config.learner == "td" else "episode_return"
     summaries, curves = [], []
-    for index, (directory, run_config) in enumerate(run_configs.items()):
-        pick = (lambda x: x) if sizes.sweep_name is None else (lambda x: x[index])
-        run_metrics = {k: np.asarray(pick(v)) for k, v in metrics.items()}
+    for directory, run_config, run_state, run_metrics in runlog.sweep_runs(
+            run_configs, state, metrics, sizes.sweep_name is not None):
         extra = {"final_rms_error": run_metrics["rms_error"][:, -1].tolist()} if config.learner == "td" else {}
         summaries.append(runlog.finish_run(
             directory, run_config, "stream_x", run_metrics, final_return=final_training_return(run_metrics),
-            checkpoint={"params": jax.tree.map(pick, state.params), "traces": jax.tree.map(pick, state.traces),
-                        "env_state": jax.tree.map(pick, state.env_state)},
+            checkpoint={"params": run_state.params, "traces": run_state.traces, "env_state": run_state.env_state},
             compile_seconds=compile_seconds, train_seconds=train_seconds / len(values), curve_key=curve_key,
             curve_label="RMS value error" if config.learner == "td" else "episode return", extra_summary=extra,
         ))
