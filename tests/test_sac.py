@@ -1,5 +1,7 @@
 """SAC: the equations against plain computations, the replay buffer and normalizer, runs, learning."""
 
+import dataclasses
+
 import distrax
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,30 @@ def test_temperature_moves_toward_the_entropy_target(entropy_above_target):
         assert new_log_alpha < log_alpha  # less entropy bonus needed
     else:
         assert new_log_alpha > log_alpha
+
+
+def test_target_entropy_flag_reaches_the_temperature_loss():
+    """--target-entropy-per-action-dim -0.5 on Pendulum (|A| = 1) is the same run as --target-entropy -0.5, bit for
+    bit (the same float reaches the same loss), and a different run from the paper's default -|A|."""
+    def alphas(flags):
+        config = runlog.parse_config(sac.Config, sac.PRESETS, TINY + flags)
+        _, metrics = jax.jit(sac.make_train(config))(jax.random.PRNGKey(0))
+        return np.asarray(metrics["alpha"])
+
+    per_dim, absolute, default = (alphas(["--target-entropy-per-action-dim", "-0.5"]),
+                                  alphas(["--target-entropy", "-0.5"]), alphas([]))
+    np.testing.assert_array_equal(per_dim, absolute)
+    learning = np.isfinite(default)
+    assert learning.any() and not np.array_equal(per_dim[learning], default[learning])
+
+
+@pytest.mark.parametrize("preset", list(sac.PRESETS))
+def test_brax_presets_use_brax_target_entropy(preset):
+    """brax's sac/losses.py: H_target = -0.5 |A|; the paper's -|A| elsewhere; --target-entropy overrides both."""
+    config = sac.PRESETS[preset]
+    expected = -0.5 * 6 if preset.startswith("brax-") else -6.0
+    assert sac.entropy_target(config, 6) == expected
+    assert sac.entropy_target(dataclasses.replace(config, target_entropy=-2.0), 6) == -2.0
 
 
 def test_critic_targets_truncation_bootstraps_termination_does_not():
