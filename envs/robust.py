@@ -12,7 +12,8 @@ Parameters live in the env params, so every env of a vmapped batch can have its 
 - gymnax Pendulum-v1: `mass`, `length` (gymnax's `m`, `l`).
 - gymnax CartPole-v1: `pole_mass`, `pole_length` (gymnax's `length`: half the pole, as in gym),
   `cart_mass`; the derived `total_mass` and `polemass_length` follow.
-- brax envs: `<link>_mass` for every named link (absolute, kg) and `friction`. Friction is the floor's
+- brax envs: `<link>_mass` for every named link (absolute, kg; ant's unnamed lower legs are
+  `<leg>_ankle_mass`) and `friction`. Friction is the floor's
   sliding friction; every other geom's friction is scaled by the same factor. MuJoCo (and brax, which
   uses MuJoCo's collision code) takes the max over a contact pair, so changing the floor alone would do
   nothing below the feet's own value (hopper foot 2.0); scaling keeps each contact's ratio to the floor
@@ -57,15 +58,23 @@ _BRAX_LINK_ALIASES = {
     "brax/ant": {"aux_1": "front_left_leg", "aux_2": "front_right_leg", "aux_3": "back_leg",
                  "aux_4": "right_back_leg"},
 }
+# Unnamed brax links, by index: ant's lower leg segments (gym's bodies under aux_1..aux_4, whose geoms gym
+# names left_ankle, right_ankle, third_ankle, fourth_ankle; 0.068 kg each).
+_BRAX_UNNAMED_LINKS = {
+    "brax/ant": {2: "front_left_ankle", 4: "front_right_ankle", 6: "back_ankle", 8: "right_back_ankle"},
+}
 
 
 def _brax_mass_links(env) -> dict[str, int]:
     """Parameter name -> link index, for the brax env's named links."""
     aliases = _BRAX_LINK_ALIASES.get(env.name, {})
+    unnamed = _BRAX_UNNAMED_LINKS.get(env.name, {})
     names = {}
     for index, link in enumerate(env.brax_env.sys.link_names):
         if link:
             names[f"{aliases.get(link, link)}_mass"] = index
+        elif index in unnamed:
+            names[f"{unnamed[index]}_mass"] = index
     return names
 
 
@@ -234,8 +243,12 @@ _AXES = {
     "brax/hopper": {"friction": (0.1, 3.0), "torso_mass": (0.1, 3.0), "thigh_mass": (0.1, 4.0)},
     "brax/halfcheetah": {"friction": (0.1, 4.0), "torso_mass": (0.1, 7.0), "bthigh_mass": (0.1, 3.0)},
     "brax/walker2d": {"friction": (0.1, 4.0), "torso_mass": (0.1, 5.0), "thigh_mass": (0.1, 6.0)},
+    # M2TD3's Ant sets (utils/make_env.py): torsomass = gym body_mass[1], frontleftlegmass = body_mass[2] (the
+    # jointless capsule brax fuses into the torso: its jointed successor aux_1, the same 0.039 kg, stands in),
+    # frontrightlegmass = body_mass[4], which in gym's ant.xml is the front-LEFT leg's lower segment (0.068 kg,
+    # brax link 2): the third axis is that body, named here for what it is.
     "brax/ant": {"torso_mass": (0.1, 3.0), "front_left_leg_mass": (0.01, 3.0),
-                 "front_right_leg_mass": (0.01, 3.0)},
+                 "front_left_ankle_mass": (0.01, 3.0)},
     "brax/inverted_pendulum": {"pole_mass": (1.0, 31.0), "cart_mass": (1.0, 11.0)},
 }
 _PREFIXES = {"pendulum": "Pendulum-v1", "cartpole": "CartPole-v1", "hopper": "brax/hopper",
@@ -253,7 +266,7 @@ NOMINAL = {
     "brax/hopper": {"friction": 1.0, "torso_mass": 3.665191, "thigh_mass": 4.057890},
     "brax/halfcheetah": {"friction": 0.4, "torso_mass": 6.250209, "bthigh_mass": 1.543515},
     "brax/walker2d": {"friction": 0.7, "torso_mass": 3.665191, "thigh_mass": 4.057890},
-    "brax/ant": {"torso_mass": 0.483880, "front_left_leg_mass": 0.039158, "front_right_leg_mass": 0.039158},
+    "brax/ant": {"torso_mass": 0.483880, "front_left_leg_mass": 0.039158, "front_left_ankle_mass": 0.067592},
     "brax/inverted_pendulum": {"pole_mass": 5.018591, "cart_mass": 10.471975},
 }
 

@@ -6,6 +6,8 @@ brax compiles slowly on a CPU: the brax checks share a few module-scoped jitted 
 (inverted_pendulum, and one hopper rollout that covers friction, mass, pushes and determinism).
 """
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import mujoco
@@ -112,6 +114,31 @@ def test_set_nominal_values_are_the_unmodified_envs():
         env, _ = envs.make(uset.env_id)
         nominal = envs.nominal_dynamics(env)
         np.testing.assert_allclose([nominal[n] for n in uset.names], uset.nominal, rtol=1e-5, err_msg=uset.name)
+
+
+def test_ant_3d_third_axis_is_m2td3_body_mass_4():
+    """M2TD3's Ant "frontrightlegmass" is gym's body_mass[4] (utils/make_env.py): in gym's ant.xml the lower
+    segment (left_ankle_geom) under aux_1. ant-3d's third axis must set brax's link for that body, and only it."""
+    uset = envs.uncertainty_set("ant-3d")
+    env, params = envs.make(uset.env_id)
+    sys = env.brax_env.sys
+    link = envs.robust._brax_mass_links(env)[uset.names[2]]
+    # the same body in brax's MuJoCo model: child of aux_1, which hangs from the torso, mass 0.0676 kg
+    mj_body = link + 1  # brax link i is MuJoCo body i + 1 (body 0 is the world)
+    parent = sys.mj_model.body_parentid[mj_body]
+    assert sys.link_names[parent - 1] == "aux_1" and sys.link_names[sys.mj_model.body_parentid[parent] - 1] == "torso"
+    np.testing.assert_allclose(np.asarray(sys.link.inertia.mass)[link], 0.067592, rtol=1e-5)
+    gymnasium = pytest.importorskip("gymnasium")
+    gym_ant = mujoco.MjModel.from_xml_path(str(Path(gymnasium.__file__).parent / "envs/mujoco/assets/ant.xml"))
+    gym_parent = gym_ant.body_parentid[4]
+    assert mujoco.mj_id2name(gym_ant, mujoco.mjtObj.mjOBJ_BODY, gym_parent) == "aux_1"
+    np.testing.assert_allclose(gym_ant.body_mass[4], np.asarray(sys.link.inertia.mass)[link], rtol=1e-4)
+    # applying the set changes that link's mass and nothing else
+    values = jnp.asarray([0.48388025, 0.039157752, 2.5])
+    changed = np.asarray(uset.apply(env, params, values).link_mass)
+    expected = np.asarray(sys.link.inertia.mass).copy()
+    expected[link] = 2.5
+    np.testing.assert_allclose(changed, expected, rtol=1e-6)
 
 
 def test_grid_evaluation_matches_a_loop_of_single_evaluations():
