@@ -11,6 +11,10 @@ for bootstrapping at a time limit.
 
 `<id>/horizon<H>` (e.g. `CartPole-v1/horizon200`) is the env `<id>` with every episode cut at H steps
 (`envs.HorizonCap`), for finite-horizon comparisons such as scripts/effective_horizon.py.
+
+`make(<MinAtar id>, time_limit=False)` gives MinAtar's original episodes: gymnax cuts every MinAtar episode
+at 1000 steps (Freeway 2500), the original MinAtar (github.com/kenjyoung/MinAtar) at none; only Freeway's
+game clock ends its episodes, as a termination (`envs.GameTimeLimit`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import difflib
 import gymnax
 
 from envs.combination_lock import LOCK_PREFIX, lock_ids, make_lock
-from envs.wrappers import HorizonCap
+from envs.wrappers import GameTimeLimit, HorizonCap
 
 BRAX_PREFIX = "brax/"
 HORIZON_SUFFIX = "/horizon"
@@ -39,6 +43,11 @@ BRAX_ENV_NAMES = (
     "swimmer",
     "walker2d",
 )
+
+MINATAR_SUFFIX = "-MinAtar"
+# Original MinAtar Freeway: a 2500-frame timer, counted down once per step, ends the game when it drops below
+# zero (minatar/environments/freeway.py: `terminate_timer -= 1; if terminate_timer < 0: terminal = True`).
+FREEWAY_GAME_STEPS = 2501
 
 # Environments defined in this package (tasks with known answers, for tests and prediction learners).
 LOCAL_ENV_IDS = ("RandomWalk-v0",)
@@ -78,7 +87,7 @@ def check_env_id(env_id: str) -> None:
     )
 
 
-def make(env_id: str, **kwargs):
+def make(env_id: str, *, time_limit: bool = True, **kwargs):
     """Build an environment by id and return `(env, env_params)`.
 
     gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, `Catch-bsuite`, ...) pass `kwargs` to gymnax.
@@ -86,12 +95,22 @@ def make(env_id: str, **kwargs):
     `episode_length` (1000 default) and any keyword of the brax environment's constructor.
     `RandomWalk-v0` (envs/random_walk.py) takes `num_states` (19 default).
     `CombinationLock-H<n>` takes `num_actions`. A `/horizon<H>` suffix caps episodes at H steps.
+    `time_limit=False` (MinAtar ids only) lifts gymnax's episode cap, as the original MinAtar: episodes end
+    only when the game ends (Freeway: its clock runs out after 2501 steps, a termination); the returned
+    params' `max_steps_in_episode` is then that game length (2**31 - 1: none).
     """
     check_env_id(env_id)
     env_id, horizon = split_horizon(env_id)
     if horizon is not None:
-        env, env_params = make(env_id, **kwargs)
+        env, env_params = make(env_id, time_limit=time_limit, **kwargs)
         return HorizonCap(env, horizon), env_params
+    if not time_limit:
+        if not env_id.endswith(MINATAR_SUFFIX):
+            raise ValueError(f"time_limit=False is for MinAtar ids (their original has no time limit), not "
+                             f"{env_id!r}: keep the time limit, or cap episodes with {env_id}{HORIZON_SUFFIX}<H>.")
+        env, env_params = gymnax.make(env_id, **kwargs)
+        env = GameTimeLimit(env, FREEWAY_GAME_STEPS if env_id == "Freeway" + MINATAR_SUFFIX else None)
+        return env, env_params.replace(max_steps_in_episode=env.limit)
     if env_id.startswith(LOCK_PREFIX):
         return make_lock(env_id, **kwargs)
     if env_id == "RandomWalk-v0":

@@ -195,3 +195,37 @@ class HorizonCap(Wrapper):
         truncated = jnp.logical_or(truncated, cap)
         step_count = jnp.where(jnp.logical_or(ended, cap), 0, step_count)
         return obs, HorizonCapState(env_state, step_count), reward, terminated, truncated, info
+
+
+NO_TIME_LIMIT = 2**31 - 1  # the largest int32: a gymnax time counter never reaches it
+
+
+class GameTimeLimit(Wrapper):
+    """Replace a gymnax env's time limit by the game's own: `limit` steps ending as a *termination*
+    (the game is over, as original MinAtar Freeway's clock), or `None` for no limit at all; `truncated`
+    is never set.
+
+    gymnax truncates at `state.time >= params.max_steps_in_episode`; this wrapper steps and resets the env
+    with that field set to `limit` (NO_TIME_LIMIT for None), whatever the caller's params say, and reports
+    reaching it as `terminated`. `envs.make(<MinAtar id>, time_limit=False)` returns an env with it.
+    """
+
+    def __init__(self, env, limit: int | None):
+        super().__init__(env)
+        if limit is not None and int(limit) < 1:
+            raise ValueError(f"limit must be at least 1 or None, got {limit}.")
+        self.limit = NO_TIME_LIMIT if limit is None else int(limit)
+
+    def game_params(self, params):
+        params = self._env.default_params if params is None else params
+        return params.replace(max_steps_in_episode=self.limit)
+
+    def reset(self, key, params=None):
+        return self._env.reset(key, self.game_params(params))
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, self.game_params(params))
+        terminated, truncated = jnp.logical_or(terminated, truncated), jnp.zeros_like(truncated)
+        info = {**info, **{name: flag for name, flag in (("terminated", terminated), ("truncated", truncated))
+                           if name in info}}  # gymnax repeats the flags in info
+        return obs, state, reward, terminated, truncated, info

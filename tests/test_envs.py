@@ -157,3 +157,32 @@ def test_discounted_reward_sums_to_the_discounted_return():
         expected += 0.9**t * float(reward)
         total += float(discounted_reward)
     assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_minatar_without_time_limit_keeps_the_games_own_episode_ends():
+    """time_limit=False: gymnax's cap is gone (the caller's params cannot bring it back), Freeway ends by
+    termination when the original game's 2500-frame clock runs out (step 2501); the default is unchanged."""
+    capped, capped_params = envs.make("Breakout-MinAtar")
+    uncapped, uncapped_params = envs.make("Breakout-MinAtar", time_limit=False)
+    assert capped_params.max_steps_in_episode == 1000  # every other caller keeps gymnax's limit
+    assert uncapped_params.max_steps_in_episode == envs.wrappers.NO_TIME_LIMIT
+    # Five no-op steps (the ball is still falling): a 5-step limit truncates the capped env only.
+    short = capped_params.replace(max_steps_in_episode=5)
+    *_, (_, terminated, truncated, info) = rollout(capped, short, [0] * 5)
+    assert truncated and not terminated and info["truncated"]
+    steps = rollout(uncapped, short, [0] * 5)
+    assert not any(t or tr or i["truncated"] for _, t, tr, i in steps)
+
+    freeway, freeway_params = envs.make("Freeway-MinAtar", time_limit=False)
+    assert freeway_params.max_steps_in_episode == 2501 and envs.make("Freeway-MinAtar")[1].max_steps_in_episode == 2500
+    _, state = freeway.reset(jax.random.PRNGKey(0), freeway_params)
+
+    def step(state, key):
+        _, state, _, terminated, truncated, _ = freeway.step(key, state, 1, freeway_params)
+        return state, (terminated, truncated)
+
+    _, (terminated, truncated) = jax.lax.scan(step, state, jax.random.split(jax.random.PRNGKey(1), 2502))
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(terminated)), [2500])  # the 2501st step
+    assert not np.asarray(truncated).any()
+    with pytest.raises(ValueError, match="MinAtar ids"):
+        envs.make("CartPole-v1", time_limit=False)
