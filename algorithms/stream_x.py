@@ -15,6 +15,14 @@ Learners: stream Q(λ) (control: ε-greedy, traces cut after exploratory actions
 on a task whose true values are known). A run is one `lax.scan` over single steps; seeds, and optionally
 a small grid of one hyperparameter, are vmapped, so dozens of learners train in one program.
 
+Time limits. With the time feature (`--time-feature`, the default for flat observations) the elapsed
+fraction of the time limit is part of the state, so reaching the limit is a terminal state: a timeout
+does not bootstrap (as the authors, and the consistent choice: Pardo et al. 2018; bootstrapping there
+would query V at a time input past every state it trains on). Without the time feature a timeout is a
+truncation and bootstraps from V of the true final observation. MinAtar (`minatar-q`) runs without the
+time feature and, as the authors' runs on the original MinAtar, without a time limit (`--no-time-limit`:
+gymnax would cut episodes at 1000 steps, Freeway at 2500).
+
 Run (from the repository root):
     python algorithms/stream_x.py                                 # stream Q(λ) on CartPole-v1
     python algorithms/stream_x.py --preset pendulum-ac --num-seeds 8
@@ -30,13 +38,27 @@ rms_error (td: root-mean-square error of V against the true values over all stat
 summary.json's final_return is the mean return of the training episodes that finished in the last 10% of
 the run (streaming learners have no separate evaluation in the paper); for td it also has final_rms_error.
 
-Where this file differs from the authors' code (github.com/mohmdelsayed/streaming-drl), on purpose:
-- A time limit bootstraps from V(final observation); the authors treat it as termination
-  (`--no-bootstrap-truncation` restores theirs).
-- Stream Q cuts its traces after exploratory actions by default, as the paper's Q(λ) does; the authors'
-  script has this off unless `--reset_for_random` is given (`--no-reset-traces-on-explore` here).
-- The time feature is exactly t / T - 0.5 (theirs shows -0.5 on the first two steps of an episode).
-- CartPole keeps gymnax's 500-step limit; the authors raise it to 10,000.
+Where this file still differs from the authors' code (github.com/mohmdelsayed/streaming-drl at 407dca7),
+and why (the learners, ObGD, the network, the normalizers and the presets' values otherwise follow it):
+- Environments: gymnax and brax, not gymnasium (the whole run is one JAX program). CartPole keeps gymnax's
+  500-step limit (the authors raise it to 10,000), so its time feature counts to 500. brax hopper and
+  halfcheetah stand in for MuJoCo's (the paper's MuJoCo numbers are not brax's). MinAtar is gymnax's port
+  with the minimal action set (as their `MinAtar/<Game>-v1`); no Atari (the ALE is not in JAX).
+- Without the time feature a timeout bootstraps (a truncation: the state does not show the time); the
+  authors stop at every episode end. Their runs without the time feature (MinAtar) have no time limit, so
+  this differs only for a user's `--no-time-feature` where the env has one.
+- The time feature is exactly t / T - 0.5, the elapsed fraction, so a timeout's final observation shows
+  0.5 (theirs appends before counting the step: -0.5 on the first two observations of an episode).
+- Sticky actions (MinAtar, p = 0.1) come from a wrapper that restarts the previous action at no-op every
+  episode, as the ALE does; MinAtar carries it over from the last episode (this can change only an
+  episode's first step, with probability 0.1).
+- stream TD: the authors' task is ETTm2 oil-temperature prediction (observation: an electricity
+  transformer's 6 load readings and oil temperature; cumulant: the next oil temperature, min-max scaled;
+  one 68k-step pass, observation traces β = 0.999, observation normalization, reward scaling, hidden
+  128). It needs a download (github.com/zhouhaoyi/ETDataset) and its true values are unknown, so the `td`
+  preset stands in the 19-state random walk, whose true values are exact (`rms_error`), without
+  normalization or scaling (they would change the values to be learned).
+- Running statistics are float32 (theirs float64: JAX's default precision); random streams are JAX's.
 """
 
 from __future__ import annotations
@@ -92,7 +114,7 @@ class Config:
     exploration_fraction: float = 0.05
     """Fraction of the steps over which ε decays linearly (q)."""
     reset_traces_on_explore: bool = True
-    """Cut the traces after a non-greedy action, as Watkins's Q(λ) (q)."""
+    """Cut the traces after a non-greedy action, as Watkins's Q(λ) and the authors' code (always, since d8bf7d0) (q)."""
     network: Literal["mlp", "cnn"] = "mlp"
     """mlp: [Dense -> LayerNorm -> LeakyReLU] x num_layers; cnn: the MinAtar Conv(16, 3x3) first."""
     hidden_size: int = 32
@@ -106,11 +128,12 @@ class Config:
     scale_rewards: bool = True
     """Divide rewards by the running std of the discounted return."""
     time_feature: bool = True
-    """Append the elapsed fraction of the time limit to the observation (flat observations only)."""
+    """Append the elapsed fraction of the time limit to the observation (flat observations only). It makes the
+    time limit part of the state: a timeout is then terminal (no bootstrap); without it, a timeout bootstraps."""
+    time_limit: bool = True
+    """Keep the env's time limit; --no-time-limit (MinAtar only) gives the original MinAtar's uncapped episodes."""
     sticky_action_prob: float = 0.0
     """Probability of repeating the previous action (MinAtar's sticky actions; discrete actions)."""
-    bootstrap_truncation: bool = True
-    """At a time limit bootstrap from the final observation (False: treat it as termination, as the authors)."""
     backend: str = "generalized"
     """Physics backend for brax ids: generalized, positional, spring or mjx."""
     num_log_rows: int = 200
@@ -137,15 +160,20 @@ class Config:
 SWEEPABLE = ("lr", "td_lambda", "kappa", "kappa_policy", "entropy_coeff")
 
 
-# The authors' values: α 1, γ 0.99, λ 0.8, κ 2 (value) and 3 (policy), entropy 0.01, ε 1 -> 0.01 over 5% of
-# the steps (20% for MinAtar stream Q), hidden 32 for classic control and 128 for MuJoCo and MinAtar, 500k steps
-# for CartPole, 10M for MinAtar and 2M for MuJoCo (their scripts' defaults). MinAtar: no time feature, sticky
-# actions 0.1 as in their MinAtar version. pendulum-ac and td are ours (no authors' values).
+# Where each value comes from (the authors' scripts' defaults at 407dca7, github.com/mohmdelsayed/streaming-drl):
+# α 1, γ 0.99, λ 0.8, κ 2 (value) and 3 (policy), entropy 0.01, ε 1 -> 0.01 over 5% of the steps: every script.
+# cartpole-q: stream_q.py (hidden 32, 500k steps). cartpole-ac: stream_ac_discrete.py (hidden 32, 500k steps).
+# brax-*-ac: stream_ac_continuous.py (hidden 128, 2M steps; MuJoCo there). minatar-q: stream_q_minatar.py, 5M
+# steps and ε over 20% of them (407dca7: "to match the one used to produce the figures"), Conv(16, 3x3) ->
+# 128, no time feature; sticky actions 0.1 and no episode cap are the original MinAtar's (minatar/environment.py,
+# its gymnasium registration has no max_episode_steps). pendulum-ac is ours (Pendulum is not in the paper). td
+# stands in for the authors' ETTm2 task (stream_td.py; see the docstring): γ, λ, κ and α are theirs, the random
+# walk, hidden 32 (its 19 one-hot inputs) and 50k steps are ours.
 PRESETS = {
     "cartpole-q": Config(),
     "minatar-q": Config(
-        preset="minatar-q", env_id="Breakout-MinAtar", total_timesteps=10_000_000, exploration_fraction=0.2,
-        network="cnn", hidden_size=128, num_layers=1, time_feature=False, sticky_action_prob=0.1,
+        preset="minatar-q", env_id="Breakout-MinAtar", total_timesteps=5_000_000, exploration_fraction=0.2,
+        network="cnn", hidden_size=128, num_layers=1, time_feature=False, sticky_action_prob=0.1, time_limit=False,
     ),
     "cartpole-ac": Config(preset="cartpole-ac", learner="ac"),
     "pendulum-ac": Config(preset="pendulum-ac", learner="ac", env_id="Pendulum-v1", total_timesteps=200_000,
@@ -200,7 +228,9 @@ class ActionSpec(NamedTuple):
 def make_env(config: Config):
     """The training env with the stream-x wrappers, its params and its action spec."""
     kwargs = {"backend": config.backend} if config.env_id.startswith(envs.registry.BRAX_PREFIX) else {}
-    env, env_params = envs.make(config.env_id, **kwargs)
+    if config.time_feature and not config.time_limit:
+        raise ValueError("--time-feature counts towards a time limit: with --no-time-limit use --no-time-feature.")
+    env, env_params = envs.make(config.env_id, time_limit=config.time_limit, **kwargs)
     discrete = hasattr(env.action_space(env_params), "n")
     if config.learner == "q":
         size = envs.require_discrete_actions(env, env_params, config.env_id, "stream Q(λ)",
@@ -337,9 +367,10 @@ class Transition(NamedTuple):
     final_obs: jax.Array  # the true next observation (the last one of the episode where it ended)
 
 
-def td_error(t: Transition, value, next_value, gamma: float, bootstrap_truncation: bool = True):
+def td_error(t: Transition, value, next_value, gamma: float, bootstrap_truncation: bool):
     """δ = r + γ V(s') - V(s), with V(s') = value of the true next observation; no bootstrap at
-    termination, nor at truncation when `bootstrap_truncation` is off (the authors' treatment)."""
+    termination, nor at truncation when `bootstrap_truncation` is off. The learners pass
+    `not config.time_feature`: with the time feature a timeout is a terminal state (see the docstring)."""
     stop = t.terminated | (t.truncated & (not bootstrap_truncation))
     return t.reward + gamma * (1.0 - stop.astype(jnp.float32)) * next_value - value
 
@@ -376,6 +407,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     value_net = network(action_spec.size if config.learner == "q" else 1)
     actor = network(action_spec.size * (1 if action_spec.discrete else 2))
     exploration_steps = config.exploration_fraction * sizes.total_steps
+    bootstrap_truncation = not config.time_feature  # with the time feature, the time limit is part of the state
     true_values = all_obs = None
     if config.learner == "td":
         true_values, all_obs = jnp.asarray(env.true_values(config.gamma)), jnp.asarray(env.all_observations())
@@ -400,15 +432,16 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         key_explore, key_random, key_env = jax.random.split(key, 3)
         q_values, q_vjp = jax.vjp(lambda p: value_net.apply(p, state.obs), state.params)
         greedy = q_values.argmax()
+        # Linear from eps_start, counting the current step as the authors (their first action uses t = 1).
         epsilon = config.eps_start + (config.eps_finish - config.eps_start) * jnp.clip(
-            state.step / max(exploration_steps, 1.0), 0.0, 1.0)
+            (state.step + 1) / max(exploration_steps, 1.0), 0.0, 1.0)
         explore = jax.random.uniform(key_explore) < epsilon
         action = jnp.where(explore, jax.random.randint(key_random, (), 0, action_spec.size), greedy)
         next_obs, env_state, info, t = env_step(key_env, state.env_state, action)
         (grads,) = q_vjp(jax.nn.one_hot(action, action_spec.size))  # ∇_w Q(s, a)
         # δ = r + γ max_a' Q(s', a') - Q(s, a), with the parameters before the update
         next_q = value_net.apply(state.params, t.final_obs).max()
-        delta = td_error(t, q_values[action], next_q, config.gamma, config.bootstrap_truncation)
+        delta = td_error(t, q_values[action], next_q, config.gamma, bootstrap_truncation)
         reset = t.terminated | t.truncated | (config.reset_traces_on_explore & (action != greedy))
         params, traces, step_size = obgd_update(state.params, state.traces, grads, delta, hp["lr"], hp["kappa"],
                                                 config.gamma * hp["td_lambda"], reset)
@@ -423,7 +456,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         next_obs, env_state, info, t = env_step(key_env, state.env_state, action)
         # δ once, before both updates: δ = r + γ V(s') - V(s)
         v, value_grads = jax.value_and_grad(value)(params["critic"], state.obs)
-        delta = td_error(t, v, value(params["critic"], t.final_obs), config.gamma, config.bootstrap_truncation)
+        delta = td_error(t, v, value(params["critic"], t.final_obs), config.gamma, bootstrap_truncation)
 
         def policy_objective(actor_params):  # log π(a|s) + c sign(δ) H(π(·|s)), ascended with step δ
             dist = policy(actor_params, state.obs)
@@ -447,7 +480,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         action = env.action_space(env_params).sample(key_action)  # the task's fixed policy
         next_obs, env_state, info, t = env_step(key_env, state.env_state, action)
         v, grads = jax.value_and_grad(value)(state.params, state.obs)
-        delta = td_error(t, v, value(state.params, t.final_obs), config.gamma, config.bootstrap_truncation)
+        delta = td_error(t, v, value(state.params, t.final_obs), config.gamma, bootstrap_truncation)
         params, traces, step_size = obgd_update(state.params, state.traces, grads, delta, hp["lr"], hp["kappa"],
                                                 config.gamma * hp["td_lambda"], t.terminated | t.truncated)
         return LearnerState(params, traces, env_state, next_obs, state.step + 1), info, {

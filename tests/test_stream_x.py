@@ -1,5 +1,7 @@
 """stream-x: ObGD and its traces against hand computations and a plain loop, sparse init counts, the
-parameter-free LayerNorm, TD errors at termination/truncation, runs, errors, determinism, learning."""
+parameter-free LayerNorm, TD errors at termination/truncation (and a timeout through the learners' own
+update with and without the time feature), the ε schedule, trace cuts after exploration, the MinAtar
+preset's uncapped episodes, runs, errors, determinism, learning."""
 
 import json
 import math
@@ -8,7 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
+from gymnax.environments import environment, spaces
 
+import envs
 import runlog
 from algorithms import stream_x
 
@@ -129,6 +134,113 @@ def test_td_error_at_termination_and_truncation(terminated, truncated, bootstrap
     assert math.isclose(delta, expected, rel_tol=1e-6)
 
 
+@struct.dataclass
+class ClockParams(environment.EnvParams):
+    max_steps_in_episode: int = 1  # every episode is one step long: its only step is a timeout
+
+
+class Clock(environment.Environment):
+    """Reward 1 every step, never terminates; observation (elapsed steps, 1); two actions that do nothing."""
+
+    @property
+    def default_params(self):
+        return ClockParams()
+
+    def get_obs(self, state, params=None, key=None):
+        return jnp.array([state.time, 1.0], jnp.float32)
+
+    def reset_env(self, key, params):
+        state = environment.EnvState(time=jnp.int32(0))
+        return self.get_obs(state), state
+
+    def step_env(self, key, state, action, params):
+        state = environment.EnvState(time=state.time + 1)
+        return self.get_obs(state), state, jnp.float32(1.0), jnp.bool_(False), {}
+
+    def is_terminated(self, state, params):
+        return jnp.bool_(False)
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+    def observation_space(self, params):
+        return spaces.Box(0.0, 2.0, (2,), jnp.float32)
+
+
+@pytest.mark.parametrize("learner", ["q", "ac"])
+@pytest.mark.parametrize("time_feature", [True, False])
+def test_a_timeout_is_terminal_with_the_time_feature_and_bootstraps_from_the_final_obs_without(
+        learner, time_feature, monkeypatch):
+    """One step of the file's own update on Clock, whose first step is a timeout with reward 1:
+    with the time feature δ = 1 - V(s); without it δ = 1 + γ V(s_final), s_final = (1, 1), not the reset obs."""
+    monkeypatch.setattr(stream_x.envs, "make", lambda env_id, **kwargs: (Clock(), Clock().default_params))
+    config = stream_x.Config(learner=learner, env_id="Clock", total_timesteps=1, num_log_rows=1, gamma=0.9,
+                             eps_start=0.0, eps_finish=0.0, normalize_observations=False, scale_rewards=False,
+                             time_feature=time_feature, sparsity=0.0)  # dense init: V differs between the obs
+    program = stream_x.make_train(config)
+    carry = program.init(jax.random.PRNGKey(0), {})
+    _, metrics = jax.jit(program.update)(carry, 0)
+    params = carry[1].params if learner == "q" else carry[1].params["critic"]
+    net = stream_x.StreamNetwork(2 if learner == "q" else 1, config.hidden_size, config.num_layers, False, 0.0)
+    # Q(s, a) for the greedy a (ε = 0), max_a' Q(s', a') for q; V for ac. Time feature: t / T - 0.5 with T = 1.
+    value = lambda obs: float(net.apply(params, jnp.array(obs + ([obs[0] - 0.5] if time_feature else []))).max())
+    start, final, reset = value([0.0, 1.0]), value([1.0, 1.0]), value([0.0, 1.0])
+    terminal_delta, bootstrap_delta = 1.0 - start, 1.0 + 0.9 * final - start
+    assert abs(abs(terminal_delta) - abs(bootstrap_delta)) > 1e-2 and abs(final - reset) > 1e-3  # distinguishable
+    # The same float32 function of the same parameters, jitted or not: equal up to a few roundings.
+    expected = terminal_delta if time_feature else bootstrap_delta
+    np.testing.assert_allclose(float(metrics["abs_td_error"]), abs(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_epsilon_follows_the_authors_linear_schedule():
+    """ε_t = max(1 - 0.99 t / (fraction * total), 0.01) at the t-th action, t counted from 1 (their
+    `linear_schedule`, called after `time_step += 1`)."""
+    config = stream_x.Config(total_timesteps=40, num_log_rows=40, exploration_fraction=0.25)
+    _, metrics = jax.jit(stream_x.make_train(config))(jax.random.PRNGKey(0))
+    t = np.arange(1, 41)
+    np.testing.assert_allclose(metrics["epsilon"], np.maximum(1.0 - 0.99 * t / 10.0, 0.01), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reset_on_explore", [True, False])
+def test_traces_are_cut_after_a_non_greedy_action_only_with_the_flag(reset_on_explore):
+    """ε = 1 on CartPole: about half the actions are non-greedy. With the flag the traces are zero after
+    such a step although no episode ended; without it they are zero only after an episode end."""
+    config = stream_x.Config(total_timesteps=30, num_log_rows=30, eps_start=1.0, eps_finish=1.0,
+                             reset_traces_on_explore=reset_on_explore)
+    program = stream_x.make_train(config)
+    carry, update = program.init(jax.random.PRNGKey(3), {}), jax.jit(program.update)
+    cut_without_episode_end = 0
+    for row in range(30):
+        carry, metrics = update(carry, row)
+        traces_zero = all(bool((leaf == 0).all()) for leaf in jax.tree.leaves(carry[1].traces))
+        cut_without_episode_end += traces_zero and int(metrics["episodes"]) == 0
+    assert (cut_without_episode_end > 0) == reset_on_explore, cut_without_episode_end
+
+
+def test_minatar_preset_is_the_authors_current_setting():
+    preset = stream_x.PRESETS["minatar-q"]
+    assert (preset.total_timesteps, preset.exploration_fraction, preset.eps_finish) == (5_000_000, 0.2, 0.01)
+    assert (preset.network, preset.hidden_size, preset.num_layers) == ("cnn", 128, 1)
+    assert not preset.time_feature and not preset.time_limit and preset.sticky_action_prob == 0.1
+
+
+@pytest.mark.parametrize("time_limit", [True, False])
+def test_minatar_preset_episodes_have_no_time_limit(time_limit):
+    """--no-time-limit reaches the env the learner steps: even params asking for a 3-step limit do not cut
+    a Breakout episode (three no-ops: the ball is still falling); with --time-limit they do."""
+    flags = ["--preset", "minatar-q"] + ([] if time_limit else ["--no-time-limit"])
+    if time_limit:
+        flags.append("--time-limit")
+    env, env_params, _ = stream_x.make_env(runlog.parse_config(stream_x.Config, stream_x.PRESETS, flags))
+    assert (env_params.max_steps_in_episode == 1000) == time_limit
+    params = env_params.replace(max_steps_in_episode=3)
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    step = jax.jit(env.step)
+    for t in range(3):
+        _, state, _, terminated, truncated, info = step(jax.random.PRNGKey(t), state, 0, params)
+    assert not bool(terminated) and bool(truncated) == time_limit == bool(info["episode_done"])
+
+
 # ----------------------------------------------------------------------------------------------------
 # Runs, outputs, errors (resume and sweeps: tests/test_resume_sweep.py)
 
@@ -171,6 +283,7 @@ def test_checkpoint_holds_parameters_traces_and_normalizer(tmp_path):
     (["--preset", "td", "--scale-rewards"], "--no-scale-rewards"),
     (["--network", "cnn"], "--network mlp"),
     (["--preset", "minatar-q", "--time-feature"], "--no-time-feature"),
+    (["--preset", "minatar-q", "--env-id", "CartPole-v1", "--network", "mlp"], "MinAtar ids"),
     (["--sweep", "gamma=0.9,0.99"], "cannot be swept"),
     (["--sweep", "lr=a,b"], "numbers"),
     (["--td-lambda", "1.5"], "td_lambda"),
