@@ -20,11 +20,12 @@ Run (from the repository root):
     python algorithms/iwocs.py --resume runs/iwocs_Pendulum-v1_... # continue from the last finished stage
 
 Outputs in the run directory: iterations.json (per iteration and seed: the worst-case parameters found,
-their discounted value V(s0) and undiscounted return, the robust Q at s0, the gap, ρ_j, stopped; rewritten
+their discounted value V(s0) and undiscounted return, the robust Q at s0 / reward_scale, the gap, ρ_j, stopped; rewritten
 after every iteration together with checkpoint.msgpack, so a crash loses at most one iteration),
 metrics_seed<i>.csv and curve.png (the SAC runs one after another, env_steps counted across them),
-results.json / results.md (worst-case and average return over the 10-per-axis grid for IWOCS, the DR
-policy and a nominal SAC policy, each trained with the same total budget), heatmap.png, summary.json, and
+results.json / results.md (worst-case and average return over the 10-per-axis grid, eval_episodes
+episodes per point, for IWOCS, the DR policy and a nominal SAC policy, each trained with the same total
+budget), heatmap.png, summary.json, and
 resume.msgpack (the whole state after the last finished stage: DR policy, iteration or baseline, for --resume).
 
 Choices where the paper is silent:
@@ -40,11 +41,28 @@ Choices where the paper is silent:
   tight on the pendulum: models a little off a trained one were judged invalid and the weak DR fallback
   acted (measured: IWOCS worst case -1419 vs DR SAC -1341 at 24k steps).
 - At the first step of an episode there is no previous transition: every model is valid.
-- The search minimizes the discounted return from the start (V(s0), `search_episodes` episodes per
-  candidate, the same initial states for all candidates); candidates outside [0, 1]^d are clipped. The robust Q at s0 is
-  averaged over the same initial states. Evaluations use deterministic actions tanh(μ).
-- Seeds run together (vmapped); a seed that has stopped adds no more models, and the loop ends when all
-  seeds have stopped or after M iterations.
+- The stopping rule compares like with like: V(s0) is the discounted return of search episodes run to
+  `search_horizon` steps (default: γ^H <= 0.01, at least the time limit; the time limit is lifted, since the
+  critics bootstrap at time limits and so estimate the value without one), and the robust Q at s0 is divided by
+  reward_scale (the critics learn scaled rewards). Both are in discounted return units, as ε is.
+- The search minimizes that V(s0) (`search_episodes` episodes per candidate, the same initial states for
+  all candidates); candidates outside [0, 1]^d are clipped. The robust Q at s0 is averaged over the same
+  initial states. Evaluations use deterministic actions tanh(μ).
+- Seeds run together (vmapped); a seed that has stopped keeps its bank and ρ (so its robust policy) from
+  then on, although the vmapped program still trains a model for it; the loop ends when all seeds have
+  stopped or after M iterations.
+
+Differences from the authors' code, and why: the authors' code could not be found (searched for IWOCS /
+Zouitine; it is not in the indexed repositories), so the reference is the paper as summarized in the reference
+sheet. Known differences from the paper:
+- Environments: brax's MuJoCo models (generalized backend) in place of gym's MuJoCo v2/v3, whose masses and
+  contacts differ a little (envs/robust.py); ant-3d's third axis is M2TD3's body_mass[4] (the front-left
+  lower leg), and front_left_leg stands for gym's body_mass[2], a capsule brax fuses into the torso.
+- Parallelism: the brax presets step 128 envs at once (the paper: one env); with one update per env step
+  that is 128 updates per iteration on fresh samples, the same ratio.
+- Observation normalization in the brax presets (not in the paper), for brax's unscaled observations.
+- The pendulum preset (this collection's CPU setting) has 1e3 random steps instead of 1e4, 128 units, 4 envs,
+  0.5 updates per env step and ε 5; the paper's tasks are MuJoCo.
 """
 
 from __future__ import annotations
@@ -102,10 +120,16 @@ class Config:
     """Initial CMA-ES step size in the normalized box."""
     search_episodes: int = 4
     """Initial states per candidate model in the search (the same ones for every candidate)."""
+    search_horizon: int = 0
+    """Steps of each search episode, the env's time limit lifted to it, so that V(s0) is the infinite-horizon
+    discounted value the robust Q estimates (training bootstraps at time limits). 0: the smallest H with
+    γ^H <= 0.01, and at least the env's time limit (pendulum: 459; brax: 1000)."""
     search_grid_per_axis: int = 10
     """Grid points per axis for --search grid."""
     eval_grid_per_axis: int = 10
     """Grid points per axis for the final evaluation table and heatmap."""
+    eval_episodes: int = 30
+    """Episodes (initial states) averaged at each grid point of the final evaluation (M2TD3's protocol: 30)."""
     baselines: bool = True
     """Also train and evaluate the DR and nominal SAC baselines (same total budget each)."""
     rho_selection: Literal["worst-case", "quantile"] = "worst-case"
@@ -167,9 +191,16 @@ class Config:
 SWEEPABLE = ("epsilon", "gamma", "tau", "actor_lr", "critic_lr", "alpha_lr", "reward_scale", "dr_fraction")
 
 
-_BRAX = dict(num_envs=128, updates_per_env_step=0.25, learning_starts=10_000, normalize_observations=True,
-             hidden_size=256, total_timesteps=4_000_000, backend="generalized", epsilon=20.0)
-# Budgets from the reference sheet (DR 1.6M + 3 x 0.8M); pendulum is this collection's small setting.
+# Where each value comes from. Reference sheet (the IWOCS paper): SAC actor lr 3e-4, critic lr 1e-3, batch 256,
+# γ 0.99, Polyak 0.995 (τ 0.005), 1e4 random steps first; CMA-ES 6 generations x 100, mean 0.5, std 0.5; ρ from 10
+# values in [0.1, 1]; budget 4M steps for the 2-D sets, DR 1.6M + 3 iterations x 0.8M (dr_fraction 0.4,
+# max_iterations 3); grid 10 per axis with 30 episodes per point (M2TD3's evaluation, which IWOCS reports with).
+# The SAC paper: 256x256 networks and one gradient update per env step. This collection's choices (the paper
+# is silent): 128 parallel envs (GPU throughput), observation normalization, ε 20 for the brax tasks (returns in
+# the thousands) and 5 for the pendulum, 4 search episodes per candidate, and the pendulum preset's small
+# budget (4e4 steps, 128 units, 4 envs, 0.5 updates per env step, 1e3 random steps) for a CPU.
+_BRAX = dict(num_envs=128, updates_per_env_step=1.0, learning_starts=10_000, normalize_observations=True,
+             hidden_size=256, total_timesteps=4_000_000, backend="generalized", epsilon=20.0, eval_episodes=30)
 PRESETS = {
     "pendulum": Config(),
     "brax-inverted-pendulum": Config(preset="brax-inverted-pendulum", env_id="brax/inverted_pendulum",
@@ -205,6 +236,14 @@ def derive_sizes(config: Config) -> Sizes:
         raise ValueError(f"rho_choices must be positive thresholds, got {config.rho_choices}.")
     if config.epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {config.epsilon}.")
+    if not 0.0 < config.gamma < 1.0:
+        raise ValueError(f"gamma must be in (0, 1) (the robust Q is an infinite-horizon discounted value), got "
+                         f"{config.gamma}.")
+    for name in ("search_episodes", "eval_episodes"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+    if config.search_horizon < 0:
+        raise ValueError(f"search_horizon must be >= 0 (0: automatic), got {config.search_horizon}.")
     updates = config.num_envs * config.updates_per_env_step
     if updates < 1 or abs(updates - round(updates)) > 1e-9:
         raise ValueError(f"num_envs * updates_per_env_step ({updates:g}) must be a whole number >= 1: "
@@ -390,8 +429,18 @@ def make_robust_policy(actor_net: Actor, critic_net: Critic, action_dim: int, no
 
 
 def should_stop(worst_value, robust_q, epsilon: float):
-    """IWOCS's stopping rule: the found worst case agrees with the robust Q at s0 within ε."""
+    """IWOCS's stopping rule: the found worst case agrees with the robust Q at s0 within ε. Like with like: both
+    are infinite-horizon discounted values in return units (see search_steps and robust_q_at_start)."""
     return jnp.abs(worst_value - robust_q) <= epsilon
+
+
+def search_steps(config: Config, episode_steps: int) -> int:
+    """Steps of a search episode: config.search_horizon, or the smallest H with γ^H <= 0.01 and at least the env's
+    time limit. The robust Q bootstraps at time limits, so it estimates Σ_t γ^t r_t without one: a rollout cut at
+    the time limit would miss γ^T of it (pendulum: T = 200, γ^T = 0.13, tens of return units)."""
+    if config.search_horizon:
+        return config.search_horizon
+    return max(episode_steps, int(np.ceil(np.log(0.01) / np.log(config.gamma))))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -580,7 +629,8 @@ def grid_search(evaluate: Callable, uset, key, config: Config):
 
 class Pieces(NamedTuple):
     search: Callable  # (banks, keys) -> (worst values (S, d), V(s0) there (S,))
-    robust_q_at_start: Callable  # (banks, values (S, d), keys) -> robust Q at the search's initial states (S,)
+    robust_q_at_start: Callable  # (banks, values (S, d), keys) -> robust Q / reward_scale at the search's starts (S,)
+    model_value: Callable  # (banks, values (S, d), keys) -> V(s0) of the robust policy, as the search sees it (S,)
     model_return: Callable  # (banks, values (S, d), keys) -> undiscounted return of the robust policy (S,)
     select_rho: Callable  # (banks, found values (S, M, d), found mask (S, M), keys) -> (ρ (S,), scores (S, R))
     grid_robust: Callable  # (banks, key) -> GridEvaluation with a seed axis
@@ -609,7 +659,8 @@ def make_pieces(config: Config) -> Pieces:
         return to_env(jnp.tanh(actor_net.apply(agent.actor, obs)[0]))
 
     values_discounted = envs.make_model_evaluator(envs.DiscountedReward(base, config.gamma), env_params, uset,
-                                                  robust_policy, episode_steps, config.search_episodes, init)
+                                                  robust_policy, search_steps(config, episode_steps),
+                                                  config.search_episodes, init)
     returns_undiscounted = envs.make_model_evaluator(base, env_params, uset, robust_policy, episode_steps,
                                                      config.search_episodes, init)
     searcher = cmaes_search if config.search == "cmaes" else grid_search
@@ -619,14 +670,18 @@ def make_pieces(config: Config) -> Pieces:
         return searcher(lambda values: values_discounted(bank, values, key_states), uset, key_search, config)
 
     def robust_q_at_start(bank, values, key):
-        """Q_i(s0, π_i(s0)) averaged over the initial states the evaluator used for this key (envs/robust.py
-        draws episode e's reset key as split(split(key, E)[e])[0])."""
+        """Q_i(s0, π_i(s0)) / reward_scale (the critics learn scaled rewards; this is in return units, as V(s0)),
+        averaged over the initial states the evaluator used for this key (envs/robust.py draws episode e's reset
+        key as split(split(key, E)[e])[0])."""
         key = jax.random.split(key)[1]  # the search's key_states
         params = uset.apply(base, env_params, values)
         starts = jax.vmap(lambda k: base.reset(jax.random.split(k)[0], params)[0])(
             jax.random.split(key, config.search_episodes))
         q = jax.vmap(lambda obs: robust_q_values(bank, obs, init(bank, obs))[1].min())(starts)
-        return q.mean()
+        return q.mean() / config.reward_scale
+
+    def model_value(bank, values, key):
+        return values_discounted(bank, values[None], jax.random.split(key)[1])[0]
 
     def model_return(bank, values, key):
         return returns_undiscounted(bank, values[None], jax.random.split(key)[1])[0]
@@ -644,9 +699,9 @@ def make_pieces(config: Config) -> Pieces:
         return choices[jnp.argmax(scores)], scores
 
     grid_robust = envs.make_grid_evaluator(base, env_params, uset, robust_policy, config.eval_grid_per_axis,
-                                           episode_steps, 1, init)
+                                           episode_steps, config.eval_episodes, init)
     grid_plain = envs.make_grid_evaluator(base, env_params, uset, plain_policy, config.eval_grid_per_axis,
-                                          episode_steps, 1)
+                                          episode_steps, config.eval_episodes)
 
     def empty_bank(fallback: Agent) -> Bank:
         models = jax.tree.map(lambda x: jnp.zeros((x.shape[0], config.max_iterations) + x.shape[1:], x.dtype),
@@ -656,6 +711,7 @@ def make_pieces(config: Config) -> Pieces:
     return Pieces(
         search=jax.jit(jax.vmap(search)),
         robust_q_at_start=jax.jit(jax.vmap(robust_q_at_start)),
+        model_value=jax.jit(jax.vmap(model_value)),
         model_return=jax.jit(jax.vmap(model_return)),
         select_rho=jax.jit(jax.vmap(select_rho)),
         grid_robust=jax.jit(jax.vmap(grid_robust, in_axes=(0, None))),
@@ -664,10 +720,23 @@ def make_pieces(config: Config) -> Pieces:
     )
 
 
+def _per_seed(keep: jax.Array, new, old):
+    """new where keep[seed], else old, for leaves with a leading seed axis."""
+    return jnp.where(keep.reshape(keep.shape + (1,) * (new.ndim - 1)), new, old)
+
+
 def add_model(bank: Bank, agents: Agent, slot: int, keep: jax.Array) -> Bank:
-    """Put each seed's new agent in `slot` of its bank where `keep` (seeds that have not stopped)."""
-    models = jax.tree.map(lambda stored, new: stored.at[:, slot].set(new), bank.models, agents)
-    return bank._replace(models=models, active=bank.active.at[:, slot].set(keep))
+    """Put each seed's new agent in `slot` of its bank where `keep` (seeds that have not stopped); a stopped seed's
+    bank stays as it was, bit for bit, so its robust policy is the one the stopping rule accepted."""
+    models = jax.tree.map(lambda stored, new: stored.at[:, slot].set(_per_seed(keep, new, stored[:, slot])),
+                          bank.models, agents)
+    return bank._replace(models=models, active=bank.active.at[:, slot].set(keep | bank.active[:, slot]))
+
+
+def set_bank_rho(bank: Bank, rho: jax.Array, keep: jax.Array) -> Bank:
+    """One ρ per seed (S,) for every model of its bank, where `keep`; stopped seeds keep their ρ."""
+    rho = _per_seed(keep, jnp.broadcast_to(rho[:, None], bank.models.rho.shape), bank.models.rho)
+    return bank._replace(models=bank.models._replace(rho=rho))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -774,12 +843,14 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
             break
         # SOLVE THE STATIC MDP of each seed's worst case, add the agent to the bank
         iteration_keys = jax.vmap(lambda k: jax.random.fold_in(k, i + 1))(keys)
+        # (stopped seeds are trained too, inside the same vmapped program, but their banks and ρ stay as they are)
         agents, new_metrics = train_model(iteration_keys, worst_values, env_steps)
-        bank = add_model(bank, agents, i, jnp.asarray(~stopped))
-        found = found.at[:, i].set(worst_values)
+        running = jnp.asarray(~stopped)
+        bank = add_model(bank, agents, i, running)
+        found = found.at[:, i].set(_per_seed(running, worst_values, found[:, i]))
         if config.rho_selection == "worst-case":  # one ρ for the bank, checked on every worst case found so far
             rho, _ = pieces.select_rho(bank, found, bank.active, search_keys)
-            bank = bank._replace(models=bank.models._replace(rho=jnp.broadcast_to(rho[:, None], bank.models.rho.shape)))
+            bank = set_bank_rho(bank, rho, running)
         env_steps += sizes.iteration_steps
         metrics = {k: np.concatenate([v, np.asarray(new_metrics[k])], axis=1) for k, v in state["metrics"].items()}
         stage_done(iteration=i + 1, bank=bank, stopped=stopped, found=found, records=records, env_steps=env_steps,

@@ -106,7 +106,7 @@ class Config:
     target_entropy: float | None = None
     """Entropy target; None means target_entropy_per_action_dim * |A|."""
     target_entropy_per_action_dim: float = -1.0
-    """H_target per action dimension when target_entropy is None: -1 is the paper's -|A|, -0.5 brax's SAC (losses.py)."""
+    """H_target per action dimension when target_entropy is None: -1 is the paper's -|A|, -0.5 brax's SAC."""
     hidden_size: int = 256
     """Units per hidden layer (actor and critics)."""
     num_layers: int = 2

@@ -149,7 +149,8 @@ def iwocs_worst_case(scale: str) -> list[Run]:
     if scale == "tiny":
         args += ("--total-timesteps", "1200", "--learning-starts", "100", "--batch-size", "32", "--hidden-size", "16",
                  "--max-iterations", "1", "--cmaes-generations", "2", "--cmaes-population", "6",
-                 "--search-episodes", "1", "--eval-grid-per-axis", "3")
+                 "--search-episodes", "1", "--search-horizon", "200", "--eval-grid-per-axis", "3",
+                 "--eval-episodes", "2")
     return [Run("pendulum", "iwocs", args, "Pendulum-v1", "IWOCS")]
 
 

@@ -2,6 +2,7 @@
 --resume (bit-identical to an uninterrupted run), --sweep (each value its own run), and learning on the pendulum
 against DR and nominal SAC."""
 
+import dataclasses
 import functools
 import json
 
@@ -144,6 +145,91 @@ def test_stopping_rule():
     assert not bool(iwocs.should_stop(-200.0, -100.0, 5.0))
 
 
+SMALL = ["--hidden-size", "16", "--search-episodes", "3", "--quiet"]  # random_bank's networks: 16 units
+
+
+def seed_axis(tree, copies=1):
+    return jax.tree.map(lambda x: jnp.stack([x] * copies), tree)
+
+
+def test_robust_q_at_s0_is_in_return_units_under_a_reward_scale():
+    """The critics learn reward_scale * r; the stopping rule compares Q / reward_scale with V(s0), which sums
+    unscaled rewards. Scale 4 divides the same Q by 4: exact in floating point, so bit-identical."""
+    *_, bank, _ = random_bank()
+    banks, values, keys = seed_axis(bank), jnp.array([[1.2, 0.8]]), jax.random.split(jax.random.PRNGKey(5), 1)
+    q = {scale: np.asarray(iwocs.make_pieces(runlog.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + [
+        "--reward-scale", scale])).robust_q_at_start(banks, values, keys)) for scale in ("1", "4")}
+    assert np.isfinite(q["1"]).all() and q["1"][0] != 0
+    np.testing.assert_array_equal(q["4"], q["1"] / 4)
+    assert bool(iwocs.should_stop(-100.0, -400.0 / 4, 5.0))  # V(s0) -100 against a scaled Q of -400: agreement
+
+
+def test_search_value_runs_past_the_time_limit_to_the_discount_horizon(monkeypatch):
+    """The robust Q bootstraps at time limits (an infinite-horizon value): the search's V(s0) must run to γ^H <=
+    0.01 (pendulum: 459 steps, past its 200-step limit), and at least the time limit (brax: 1000)."""
+    config = iwocs.Config()
+    assert iwocs.search_steps(config, 200) == 459 and 0.99 ** 459 <= 0.01 < 0.99 ** 458
+    assert iwocs.search_steps(config, 1000) == 1000
+    assert iwocs.search_steps(dataclasses.replace(config, search_horizon=300), 200) == 300
+    assert iwocs.search_steps(dataclasses.replace(config, gamma=0.9), 200) == 200
+    # wiring: the search's evaluator gets those steps; the grid evaluators get eval_episodes per point
+    calls = {"model": [], "grid": []}
+    real_model, real_grid = envs.make_model_evaluator, envs.make_grid_evaluator
+    monkeypatch.setattr(envs, "make_model_evaluator",
+                        lambda *a, **k: calls["model"].append(a) or real_model(*a, **k))
+    monkeypatch.setattr(envs, "make_grid_evaluator", lambda *a, **k: calls["grid"].append(a) or real_grid(*a, **k))
+    iwocs.make_pieces(runlog.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + ["--eval-episodes", "7"]))
+    discounted, undiscounted = calls["model"][:2]
+    assert isinstance(discounted[0], envs.DiscountedReward) and discounted[4] == 459 and discounted[5] == 3
+    assert undiscounted[4] == 200  # the reported return stays the env's episode
+    assert [grid[6] for grid in calls["grid"]] == [7, 7]  # IWOCS's and the plain policies' grids
+
+
+def test_search_value_changes_with_the_horizon():
+    """The same bank and model: V(s0) over 459 steps is the default's value bit for bit (the same program), and
+    differs from the value cut at the 200-step time limit by the discounted tail."""
+    *_, bank, _ = random_bank()
+    banks, values, keys = seed_axis(bank), jnp.array([[1.2, 0.8]]), jax.random.split(jax.random.PRNGKey(5), 1)
+
+    def value(flags):
+        pieces = iwocs.make_pieces(runlog.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + flags))
+        return np.asarray(pieces.model_value(banks, values, keys))
+
+    default, explicit, cut = value([]), value(["--search-horizon", "459"]), value(["--search-horizon", "200"])
+    np.testing.assert_array_equal(default, explicit)
+    assert np.abs(default - cut).min() > 1.0  # pendulum rewards are <= 0: the tail adds tens of return units
+
+
+def test_a_stopped_seed_keeps_its_bank_and_rho():
+    """Two seeds, seed 1 stopped: adding iteration 1's models and re-choosing ρ leaves its bank (models, ρ, active
+    slots) and therefore its robust policy unchanged, bit for bit; seed 0 gets the new model and ρ."""
+    _, _, models, bank, (robust_q_values, act, _) = random_bank()
+    bank = bank._replace(active=jnp.array([True, False, False]))
+    banks = seed_axis(bank, 2)
+    new = seed_axis(models[3]._replace(rho=jnp.float32(0.3)), 2)
+    keep = jnp.array([True, False])
+    grown = iwocs.set_bank_rho(iwocs.add_model(banks, new, 1, keep), jnp.array([0.5, 0.9]), keep)
+    for before, after in zip(jax.tree.leaves(banks), jax.tree.leaves(grown), strict=True):
+        np.testing.assert_array_equal(np.asarray(before)[1], np.asarray(after)[1])
+    np.testing.assert_array_equal(grown.active[0], [True, True, False])
+    np.testing.assert_array_equal(grown.models.rho[0], [0.5, 0.5, 0.5])
+    for leaf_new, leaf_bank in zip(jax.tree.leaves(models[3].actor), jax.tree.leaves(grown.models.actor)):
+        np.testing.assert_array_equal(leaf_new, np.asarray(leaf_bank)[0, 1])
+    obs = jnp.array([0.3, -0.8, 1.2])
+    memory = iwocs.Memory(jnp.array([0.4, -0.7, 1.0]), jnp.array([0.5]), jnp.bool_(True))
+    seed1 = jax.tree.map(lambda x: x[1], grown)
+    np.testing.assert_array_equal(act(seed1, obs, memory)[0], act(bank, obs, memory)[0])
+
+
+def test_brax_presets_follow_the_papers():
+    """M2TD3's evaluation protocol (30 episodes per grid point) and the SAC paper's one update per env step."""
+    for name, config in iwocs.PRESETS.items():
+        if name.startswith("brax-"):
+            assert config.eval_episodes == 30 and config.updates_per_env_step == 1.0, name
+            assert (config.actor_lr, config.critic_lr, config.batch_size, config.gamma, config.tau) == \
+                (3e-4, 1e-3, 256, 0.99, 0.005)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Input checks and a whole run
 
@@ -158,6 +244,9 @@ TINY = ["--total-timesteps", "1200", "--learning-starts", "100", "--batch-size",
     (["--uncertainty-set", "hopper-2d"], "--env-id brax/hopper"),
     (["--max-iterations", "0"], "max_iterations"),
     (["--total-timesteps", "1000"], "learning_starts"),
+    (["--eval-episodes", "0"], "eval_episodes"),
+    (["--search-horizon", "-1"], "search_horizon"),
+    (["--gamma", "1.0"], "gamma"),
 ])
 def test_bad_input_raises_before_compiling(flags, message):
     with pytest.raises(ValueError, match=message):
