@@ -13,7 +13,8 @@ k (the environment's effective horizon), this succeeds with sample complexity ex
 
 Run (from the repository root):
     python algorithms/sqirl.py                                  # CombinationLock-H4, k = 4: opens the lock
-    python algorithms/sqirl.py --num-heads 2                    # k below the lock's horizon: walks away
+    python algorithms/sqirl.py --num-heads 3                    # k below the lock's horizon: walks away
+    python algorithms/sqirl.py --env-id CombinationLock-H6      # the horizon follows the lock (H = 6)
     python algorithms/sqirl.py --preset cartpole                # CartPole-v1 capped at 200 steps
     python algorithms/sqirl.py --preset minatar --env-id Asterix-MinAtar
     python algorithms/sqirl.py --preset cartpole --sweep lr=3e-4,1e-3,3e-3  # one program, a run dir per value
@@ -23,24 +24,49 @@ Logged per iteration (metrics_seed<i>.csv): env_steps (the steps the episodes to
 iteration (= the timestep whose policy was frozen), collected (1 if the budget allowed the iteration),
 episode_return / episode_length (the m training episodes: greedy prefix, random tail; raw reward), loss
 (the normalized total), loss_head<j> (each head's mean squared error), q_mean (head k), gradient_steps,
-new_transitions, eval_return (greedy return of the per-timestep policies on separate envs, every
-1/num_evals of the iterations, NaN between). summary.json's final_return is the greedy return of the
-final policy; progress lines count simulated env steps (m x H per iteration, padding included).
+new_transitions, eval_return (greedy return of the per-timestep policies on separate envs, after every
+iteration by default, or every 1/num_evals of them with NaN between). summary.json: final_return (greedy
+return of the final policy) and steps_to_solve, the paper's metric: per seed, the env steps spent when the
+greedy return first reached solve_threshold (a lock's optimum unless set; the cartpole preset's 200), null
+if it never did. Progress lines count simulated env steps (m x H per iteration, padding included).
 
-Choices where the paper and the issue are silent (the authors' code is SB3; noted where we follow it):
-- The run is `horizon` iterations, or fewer if `total_timesteps` env steps are spent first (the check is
-  before each iteration, as the authors' loop). Timesteps left without a frozen policy act with the
-  latest network, as the authors' `predict` does.
-- Every episode ends by `horizon` steps (envs.HorizonCap), and any end (terminal, time limit, horizon)
-  ends both the Monte-Carlo return and the backups: SQIRL solves the finite-horizon problem. (The
-  authors' SB3 buffer bootstrapped head j at time limits while head 1's return stopped there.)
-- One network with k heads, not re-initialized between iterations; backup targets use its current
-  parameters (no target network), as the authors' code. Running loss averages start at the first value
-  and decay by `loss_smoothing` (their 0.99), floored at 1e-8.
-- Regression data: the last `replay_iterations` iterations' transitions, sampled uniformly; each
-  iteration makes ceil(num_epochs * new transitions / batch_size) gradient steps (the authors' budget
-  rule; they keep all data in a 1e6 buffer, here a ring bounds memory).
-- Networks are plain ReLU MLPs (their SB3 default), or Conv(16, 3x3) -> Dense for MinAtar.
+What matches the authors' code (github.com/cassidylaidlaw/effective-horizon, effective_horizon/sb3/
+algorithms/sqirl.py with the SQIRL algo_args of sb3/train.py): gradient steps per iteration =
+ceil(every env step of the iteration, greedy prefix included, x epochs / batch size), so an iteration
+that adds no transition still trains on the buffer; no bootstrapping at any episode end (their buffer has
+handle_timeout_termination False and BRIDGE's Atari envs set terminated at the horizon), so the
+Monte-Carlo return and the backups both stop there; one network with k heads, not re-initialized between
+iterations, whose current parameters give the backups (no target network); each head's MSE divided by
+its running average (decay 0.99, updated with the batch first); Adam, global-norm clip 10, batch 128,
+uniform sampling with replacement; act with argmax of head k, and timesteps without a frozen policy act
+with the latest network (their `predict`); rewards scaled by reward_scale for learning only.
+
+What differs, and why:
+- Iterations: exactly H, or fewer if total_timesteps is spent first (checked before each iteration, as
+  theirs). Their loop runs until the budget, an evaluation at stop_on_eval_reward, or 11 iterations in a
+  row with no random step; iterations past H freeze policies for timesteps no episode reaches, so they
+  only spend env steps.
+- No early stop: theirs stops training when an evaluation reaches stop_on_eval_reward (the paper's
+  sample complexity is the env steps spent then); this run goes on, so final_return is measured too, and
+  steps_to_solve records that count. Their EvalCallback runs 1 episode every 1000 env steps, in the
+  middle of an iteration; the policies change only when an iteration ends, so evaluating after each
+  iteration finds the same policy up to 1000 steps earlier. Here the mean of num_eval_envs episodes must
+  reach the threshold: stricter than 1 episode where the env is stochastic (sticky actions).
+- Replay: a ring of replay_iterations iterations' [H, m] transitions, which iterations adding nothing
+  leave as it is. 0 (the default, the lock preset) keeps every iteration, as their 1e6-transition buffer
+  does in all settings here; the cartpole (8) and minatar (4) presets keep fewer (tuned so; MinAtar's
+  full buffer would take 100 x 100 x 32 slots x 400 B = 128 MB a seed). Theirs never samples the
+  buffer's write position (a quirk of SB3's memory-optimized buffer); here every stored transition can be.
+- Running loss averages are floored at 1e-8 before dividing (theirs divides by the raw average, which
+  is 0 once a head fits its batch exactly).
+- Networks: flax's initialization (lecun-normal weights, zero biases) rather than PyTorch's, and for
+  MinAtar a Conv(16, 3x3) -> Dense(128) in place of their NatureCNN, whose 8x8 stride-4 first layer needs
+  far larger images than MinAtar's 10x10.
+- Options that their defaults leave off are not implemented: Huber loss, distributional heads, one
+  network per head, an EMA of the parameters, intra-iteration lr decay, priority decay of old data, an
+  exploration-only phase.
+- The m episodes run in parallel here; theirs runs them on min(8, m) envs in turn (same distribution).
+- Preset values other than theirs (lr, epochs, m, k, reward scale, replay) are cited at PRESETS.
 """
 
 from __future__ import annotations
@@ -57,6 +83,7 @@ import optax
 
 import envs
 import runlog
+from envs.combination_lock import LOCK_PREFIX
 
 
 @dataclass(frozen=True)
@@ -73,18 +100,21 @@ class Config:
     """Independent runs, trained together as one vmapped program."""
     total_timesteps: int = 100_000
     """Environment-step budget per seed; no new iteration starts once it is spent."""
-    horizon: int = 4
-    """H: episodes are cut at H steps; one policy per timestep, learned in one iteration each."""
+    horizon: int | None = None
+    """H: episodes are cut at H steps; one policy per timestep, learned in one iteration each. Default: the
+    env's own length (CombinationLock-H<n>: n; <id>/horizon<H>: H); other envs need it (the presets set it)."""
     episodes_per_iteration: int = 1024
     """m: episodes collected (in parallel) per iteration."""
     num_heads: int = 4
     """k: Q heads; head 1 regresses the random policy's return, head j backs up head j-1; act with head k."""
     num_epochs: int = 20
-    """Regression budget: gradient steps per iteration = ceil(num_epochs * new transitions / batch_size)."""
+    """Regression budget: gradient steps per iteration = ceil(num_epochs * env steps of the iteration /
+    batch_size), every step of the m episodes counted, greedy prefix included (the authors' rule)."""
     batch_size: int = 128
     """Transitions per gradient step."""
-    replay_iterations: int = 4
-    """Iterations of data kept for the regression (a ring buffer); 1 = only the newest episodes."""
+    replay_iterations: int = 0
+    """Iterations of data kept for the regression (a ring; iterations that add no transition leave it as it
+    is); 0 = all of them, as the authors' buffer (1e6 transitions) holds in their settings; 1 = the newest."""
     lr: float = 1e-3
     """Adam learning rate."""
     max_grad_norm: float = 10.0
@@ -107,8 +137,12 @@ class Config:
     """Probability of repeating the previous action (Machado et al. sticky actions; the paper uses 0.25)."""
     num_eval_envs: int = 16
     """Separate environments for greedy evaluation."""
-    num_evals: int = 10
-    """Greedy evaluations during training (the last one, at the end, gives final_return)."""
+    num_evals: int = 0
+    """Greedy evaluations, evenly spaced over the iterations (the last, at the end, gives final_return);
+    0 = after every iteration, which makes steps_to_solve exact (fewer evaluations round it up)."""
+    solve_threshold: float | None = None
+    """steps_to_solve = env steps until the greedy return (mean over the eval envs) first reaches this.
+    Default: a lock's optimal return (the paper's metric); other envs log null unless it is set."""
     run_dir: str | None = None
     """Output directory; default runs/sqirl_<env>_<time>."""
     quiet: bool = False
@@ -131,15 +165,26 @@ class Config:
 SWEEPABLE = ("lr", "gamma", "max_grad_norm", "reward_scale", "loss_smoothing")
 
 
-# The authors' regression settings are Adam 1e-4, batch 128, 10 epochs over the new data, clip 10, γ 0.99.
-# On CartPole that leaves the first timesteps' Q unfitted when their policies are frozen (greedy return 9
-# at 500k steps); lr 1e-3, 50 epochs and returns scaled by 0.1 fit it (greedy return 200 of 200). MinAtar
-# takes lr 1e-3 and 20 epochs likewise. The lock needs m >= ~A^(n-1) episodes to see the last digit.
+# Where each preset value comes from. "train.py": the SQIRL algo_args of the authors' sb3/train.py (batch 128,
+# clip 10, loss scaling with smoothing 0.99, handle_timeout_termination False, γ = 1 for BRIDGE envs and 0.99
+# otherwise; lr 1e-4 and 10 epochs, which this file does not use, see below). m and k: the paper tunes them
+# per environment (their README: `algo_args.episodes_per_timestep=$M algo_args.planning_depth=$K`).
+# - lock: k = 4, the lock's effective horizon (envs/combination_lock.py); m = 1024 >= ~A^(n-1) episodes, so
+#   that some reach the last digit (README's lock table); γ = 1 (finite horizon, as BRIDGE); the horizon
+#   follows the lock; replay of every iteration (as their buffer). lr 1e-3 and 20 epochs: measured here;
+#   with train.py's lr 1e-4 and 10 epochs CombinationLock-H4, k = 4 opened in 1 of 4 seeds (final greedy
+#   return -0.1, 0.7, 0, 0), with these in 4 of 4.
+# - cartpole: H = 200 (CartPole-v0's limit), γ 0.99 (train.py, non-BRIDGE); m = 16, k = 2, lr 1e-3, 50
+#   epochs, returns x 0.1, replay 8: tuned here (with train.py's lr and epochs the first timesteps' Q stayed
+#   unfitted when frozen: greedy return 9 at 500k steps); solve_threshold 200, the capped optimum.
+# - minatar: sticky actions 0.25 (the paper's); H = 100, m = 32, k = 2, lr 1e-3, 20 epochs, replay 4 and the
+#   small CNN: chosen here for a CPU-sized run (MinAtar is not among the paper's environments).
 PRESETS = {
     "lock": Config(),
     "cartpole": Config(
         preset="cartpole", env_id="CartPole-v1", total_timesteps=500_000, horizon=200, episodes_per_iteration=16,
         num_heads=2, num_epochs=50, replay_iterations=8, lr=1e-3, gamma=0.99, reward_scale=0.1,
+        solve_threshold=200.0,
     ),
     "minatar": Config(
         preset="minatar", env_id="Breakout-MinAtar", total_timesteps=1_000_000, horizon=100,
@@ -152,10 +197,12 @@ PRESETS = {
 class Sizes(NamedTuple):
     """Sizes derived from the config, computed (and checked) in one place."""
 
-    num_iterations: int  # = horizon: one frozen policy per timestep
-    buffer_slots: int  # replay_iterations * horizon * episodes_per_iteration
-    max_gradient_steps: int  # per iteration, when every slot of the iteration holds new data
+    horizon: int  # H: --horizon, or the env's own length
+    num_iterations: int  # = H: one frozen policy per timestep
+    replay_iterations: int  # ring slots, each one iteration's [H, m] transitions (all H when 0)
+    buffer_slots: int  # replay_iterations * H * episodes_per_iteration
     eval_every: int
+    solve_threshold: float | None  # greedy return that counts as solved (steps_to_solve), None: not measured
     progress_every: int
     sweep_name: str | None
     sweep_values: tuple[float, ...]
@@ -168,38 +215,97 @@ def derive_sizes(config: Config) -> Sizes:
             f"num_heads (k) must be at least 1, got {config.num_heads}: head 1 regresses the random policy's "
             f"return and acting uses head k. Use --num-heads 1 for greedy on the random policy's Q."
         )
-    for name in ("num_seeds", "total_timesteps", "horizon", "episodes_per_iteration", "num_epochs", "batch_size",
-                 "replay_iterations", "hidden_size", "num_eval_envs", "num_evals"):
+    for name in ("num_seeds", "total_timesteps", "episodes_per_iteration", "num_epochs", "batch_size",
+                 "hidden_size", "num_eval_envs"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}: pass --{name.replace('_', '-')} 1 or more.")
-    if config.num_layers < 0:
-        raise ValueError(f"num_layers must be at least 0, got {config.num_layers}.")
+    for name in ("num_layers", "replay_iterations", "num_evals"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be at least 0, got {getattr(config, name)}.")
     for name in ("gamma", "sticky_action_prob"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     if not 0.0 <= config.loss_smoothing < 1.0:
         raise ValueError(f"loss_smoothing must be in [0, 1), got {config.loss_smoothing}.")
-    slots_per_iteration = config.horizon * config.episodes_per_iteration
+    horizon = episode_horizon(config)
+    replay_iterations = config.replay_iterations or horizon
     sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(
-        num_iterations=config.horizon,
-        buffer_slots=config.replay_iterations * slots_per_iteration,
-        max_gradient_steps=-(-slots_per_iteration * config.num_epochs // config.batch_size),
-        eval_every=max(config.horizon // config.num_evals, 1),
-        progress_every=max(config.horizon // 100, 1),
+        horizon=horizon,
+        num_iterations=horizon,
+        replay_iterations=replay_iterations,
+        buffer_slots=replay_iterations * horizon * config.episodes_per_iteration,
+        eval_every=max(horizon // config.num_evals, 1) if config.num_evals else 1,
+        solve_threshold=solve_threshold(config),
+        progress_every=max(horizon // 100, 1),
         sweep_name=sweep_name,
         sweep_values=sweep_values,
     )
 
 
-def make_env(config: Config):
-    """The env with its wrappers (sticky actions, flattening, the horizon cap outermost), params, |A|."""
+def own_length(env_id: str) -> int | None:
+    """The longest episode an env id allows by itself: n for CombinationLock-H<n>, H for <id>/horizon<H>."""
+    envs.check_env_id(env_id)
+    base, capped = envs.registry.split_horizon(env_id)
+    lock = int(base[len(LOCK_PREFIX):]) if base.startswith(LOCK_PREFIX) else None
+    lengths = [n for n in (capped, lock) if n is not None]
+    return min(lengths) if lengths else None
+
+
+def episode_horizon(config: Config) -> int:
+    """H: --horizon (or the preset's), else the env's own length (never a default cut at another length)."""
+    own = own_length(config.env_id)
+    if config.horizon is None:
+        if own is None:
+            base_env(config)  # a continuous-action env gets that error, which names the algorithm to use
+            raise ValueError(f"{config.env_id} has no horizon of its own: pass --horizon H (episodes are cut at "
+                             f"H steps, one policy per timestep) or use the id {config.env_id}/horizon<H>.")
+        return own
+    if config.horizon < 1:
+        raise ValueError(f"horizon must be at least 1, got {config.horizon}: pass --horizon 1 or more, or leave it "
+                         f"out to follow the env's own length.")
+    return config.horizon
+
+
+def solve_threshold(config: Config) -> float | None:
+    """--solve-threshold, else a lock's optimal (undiscounted, unscaled) return, else None."""
+    if config.solve_threshold is not None:
+        return float(config.solve_threshold)
+    base, _ = envs.registry.split_horizon(config.env_id)
+    if base.startswith(LOCK_PREFIX):
+        env, env_params = envs.make(base)
+        return float(env.optimal_return(env_params))
+    return None
+
+
+# Float32 sums of at most H rewards round by far less than this, and the thresholds are sums of rewards.
+SOLVE_TOLERANCE = 1e-4
+
+
+def steps_to_solve(eval_return: np.ndarray, env_steps: np.ndarray, threshold: float | None) -> list[int | None]:
+    """Per seed ([seed, iteration] arrays): env steps spent when an evaluation first reached `threshold`
+    (the paper's sample-complexity metric; the authors stop training there), None if none did."""
+    if threshold is None:
+        return [None] * len(eval_return)
+    reached = np.asarray(eval_return) >= threshold - SOLVE_TOLERANCE * max(1.0, abs(threshold))  # NaN: False
+    first = reached.argmax(axis=1)
+    return [int(steps[i]) if hit[i] else None for hit, steps, i in zip(reached, np.asarray(env_steps), first)]
+
+
+def base_env(config: Config):
+    """The env as envs.make builds it, its params and |A|; an error for continuous actions."""
     env, env_params = envs.make(config.env_id)
     num_actions = envs.require_discrete_actions(
         env, env_params, config.env_id, "SQIRL", "SAC (algorithms/sac.py) for continuous actions"
     )
+    return env, env_params, num_actions
+
+
+def make_env(config: Config):
+    """The env with its wrappers (sticky actions, flattening, the horizon cap outermost), params, |A|."""
+    env, env_params, num_actions = base_env(config)
     obs_shape = env.observation_space(env_params).shape
     if config.network == "cnn" and len(obs_shape) != 3:
         raise ValueError(
@@ -210,7 +316,7 @@ def make_env(config: Config):
         env = envs.StickyActions(env, config.sticky_action_prob)
     if config.network == "mlp":
         env = envs.FlattenObservation(env)
-    return envs.HorizonCap(env, config.horizon), env_params, num_actions
+    return envs.HorizonCap(env, episode_horizon(config)), env_params, num_actions
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -327,7 +433,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
     def optimizer(hp):
         return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), optax.adam(hp["lr"]))
 
-    horizon, num_episodes, batch_size = config.horizon, config.episodes_per_iteration, config.batch_size
+    horizon, num_episodes, batch_size = sizes.horizon, config.episodes_per_iteration, config.batch_size
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     obs_shape = env.observation_space(env_params).shape
@@ -381,15 +487,16 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
         params = network.init(key_params, jnp.zeros((1, *obs_shape)))
         state = TrainState(params, optimizer(hp).init(params), jnp.full(config.num_heads, jnp.nan))
         snapshots = jax.tree.map(lambda p: jnp.zeros((horizon, *p.shape), p.dtype), params)
-        slots = (config.replay_iterations, horizon, num_episodes)
+        slots = (sizes.replay_iterations, horizon, num_episodes)
         buffer = Transition(
             obs=jnp.zeros((*slots, *obs_shape), jnp.float32), action=jnp.zeros(slots, jnp.int32),
             reward=jnp.zeros(slots), done=jnp.zeros(slots, bool), mc_return=jnp.zeros(slots),
             valid=jnp.zeros(slots, bool),
         )
-        return hp, state, snapshots, buffer, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.nan), key
+        num_stored = jnp.int32(0)  # iterations that added transitions to the ring
+        return hp, state, snapshots, buffer, num_stored, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.nan), key
 
-    def collect_and_learn(i, hp, state, snapshots, buffer, key):
+    def collect_and_learn(i, hp, state, snapshots, buffer, num_stored, key):
         key_rollout, key_learn = jax.random.split(key)
 
         # COLLECT EPISODES: frozen greedy policies for t < i, uniformly random from t = i on
@@ -406,13 +513,18 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
         mc_return = monte_carlo_returns(scaled_reward, done, hp["gamma"])
         valid = alive & (timesteps[:, None] >= i)
         new = Transition(obs.astype(jnp.float32), action, scaled_reward, done, mc_return, valid)
-        buffer = jax.tree.map(lambda b, x: b.at[i % config.replay_iterations].set(x), buffer, new)
+        num_new = valid.sum()
+        slot = num_stored % sizes.replay_iterations  # an iteration that adds nothing evicts nothing
+        buffer = jax.tree.map(lambda b, x: b.at[slot].set(jnp.where(num_new > 0, x, b[slot])), buffer, new)
+        num_stored = num_stored + (num_new > 0)
 
         # REGRESS THE K HEADS: uniform minibatches from the ring's valid slots
         flat = jax.tree.map(lambda x: x.reshape(sizes.buffer_slots, *x.shape[3:]), buffer)
         valid_count = jnp.cumsum(flat.valid)
-        num_new = valid.sum()
-        num_gradient_steps = (num_new * config.num_epochs + batch_size - 1) // batch_size
+        # The authors' budget: every env step of the iteration (greedy prefix too) x epochs / batch, so an
+        # iteration that adds no transition still trains on the buffer (never empty: iteration 0 stores all).
+        env_steps_taken = alive.sum()
+        num_gradient_steps = (env_steps_taken * config.num_epochs + batch_size - 1) // batch_size
 
         def gradient_step(step, carry):
             state, sums = carry
@@ -438,7 +550,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
         # FREEZE THE POLICY FOR TIMESTEP i
         snapshots = jax.tree.map(lambda s, p: s.at[i].set(p), snapshots, state.params)
         stats = {
-            "env_steps_taken": alive.sum(),
+            "env_steps_taken": env_steps_taken,
             "collected": jnp.int32(1),
             "episode_return": jnp.where(alive, reward, 0.0).sum(0).mean(),
             "episode_length": alive.sum(0).mean(),
@@ -448,21 +560,21 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
             "gradient_steps": num_gradient_steps,
             "new_transitions": num_new,
         }
-        return state, snapshots, buffer, stats
+        return state, snapshots, buffer, num_stored, stats
 
-    def skip(i, hp, state, snapshots, buffer, key):
+    def skip(i, hp, state, snapshots, buffer, num_stored, key):
         nan = jnp.float32(jnp.nan)
         stats = {"env_steps_taken": jnp.int32(0), "collected": jnp.int32(0), "episode_return": nan,
                  "episode_length": nan, "loss": nan, **{f"loss_head{j + 1}": nan for j in range(config.num_heads)},
                  "q_mean": nan, "gradient_steps": jnp.int32(0), "new_transitions": jnp.int32(0)}
-        return state, snapshots, buffer, stats
+        return state, snapshots, buffer, num_stored, stats
 
     def update(carry, i):  # one iteration: learn and freeze the policy of timestep i
-        hp, state, snapshots, buffer, env_steps, num_frozen, latest_eval_return, key = carry
+        hp, state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key = carry
         key, key_iteration, key_eval = jax.random.split(key, 3)
         in_budget = env_steps < config.total_timesteps
-        state, snapshots, buffer, stats = jax.lax.cond(
-            in_budget, collect_and_learn, skip, i, hp, state, snapshots, buffer, key_iteration)
+        state, snapshots, buffer, num_stored, stats = jax.lax.cond(
+            in_budget, collect_and_learn, skip, i, hp, state, snapshots, buffer, num_stored, key_iteration)
         env_steps = env_steps + stats.pop("env_steps_taken")
         num_frozen = num_frozen + stats["collected"]
 
@@ -483,7 +595,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
                 ),
                 lambda: None,
             )
-        return (hp, state, snapshots, buffer, env_steps, num_frozen, latest_eval_return, key), metrics
+        return (hp, state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key), metrics
 
     return Program(init, update, sizes.num_iterations, result=lambda carry: (carry[1], carry[2]))
 
@@ -494,7 +606,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     sizes = derive_sizes(config)
     run_dir = runlog.run_path(config, "sqirl")
     values = sizes.sweep_values or (None,)
-    simulated_steps = sizes.num_iterations * config.episodes_per_iteration * config.horizon
+    simulated_steps = sizes.num_iterations * config.episodes_per_iteration * sizes.horizon
     progress = runlog.Progress(run_dir, simulated_steps, config.num_seeds * len(values), config.quiet)
     program = make_train(config, progress)  # raises on a bad config before compiling
     run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
@@ -504,7 +616,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     if not config.quiet:
         grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
         print(f"SQIRL on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid}: horizon "
-              f"{config.horizon}, k = {config.num_heads}, m = {config.episodes_per_iteration}, budget "
+              f"{sizes.horizon}, k = {config.num_heads}, m = {config.episodes_per_iteration}, budget "
               f"{config.total_timesteps:,} steps -> {run_dir}", flush=True)
     (state, snapshots), metrics, compile_seconds, train_seconds = runlog.run_program(
         program, keys, run_dir, config.num_checkpoints, config.resume,
@@ -519,7 +631,9 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
                         "policy_snapshots": run_snapshots},
             compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
             extra_summary={"iterations_run": iterations_run.tolist(), "num_heads": config.num_heads,
-                           "horizon": config.horizon},
+                           "horizon": sizes.horizon, "solve_threshold": sizes.solve_threshold,
+                           "steps_to_solve": steps_to_solve(run_metrics["eval_return"], run_metrics["env_steps"],
+                                                            sizes.solve_threshold)},
         ))
         curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
         iterations.append(iterations_run)
@@ -537,7 +651,8 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         for directory, summary, curve, iterations_run in zip(run_configs, summaries, curves, iterations):
             label = f"{directory.name}: " if sizes.sweep_name else ""
             print(f"{label}greedy return {runlog.sparkline(curve)}")
-            print(f"{label}final greedy return per seed: {summary['final_return']}  ({summary['env_steps']:,} env "
+            print(f"{label}final greedy return per seed: {summary['final_return']}; env steps to reach "
+                  f"{summary['solve_threshold']}: {summary['steps_to_solve']}  ({summary['env_steps']:,} env "
                   f"steps in {iterations_run.min()} iterations; {summary['env_steps_per_second']:,.0f} env steps/s, "
                   f"compile {compile_seconds:.1f}s)")
             print(f"{label}curve: {directory / 'curve.png'}  summary: {directory / 'summary.json'}")

@@ -1,5 +1,8 @@
 """SQIRL: returns-to-go and k-head targets against plain Python, the effective-horizon claim on the
-combination locks, budget and per-timestep policies, outputs, errors, determinism, learning."""
+combination locks (k = n opens, k = n - 1 does not), the authors' gradient-step budget, steps_to_solve, the
+horizon of a lock, budget and per-timestep policies, outputs, errors, determinism, learning."""
+
+import math
 
 import json
 
@@ -13,6 +16,8 @@ import runlog
 from algorithms import sqirl
 
 TINY = ["--horizon", "3", "--episodes-per-iteration", "8", "--num-epochs", "2", "--num-eval-envs", "2", "--quiet"]
+# The presets' thresholds for steps_to_solve: a lock's optimum, the capped CartPole's 200, none for MinAtar.
+THRESHOLDS = {"lock": 0.7, "cartpole": 200.0, "minatar": None}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,13 +98,28 @@ def test_k_at_least_the_effective_horizon_opens_the_lock(tmp_path, env_id, num_h
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env_id,num_heads", [("CombinationLock-H4", 1), ("CombinationLock-H4", 2)])
-def test_k_well_below_the_effective_horizon_walks_away(tmp_path, env_id, num_heads):
+@pytest.mark.parametrize("env_id,num_heads", [("CombinationLock-H4", 1), ("CombinationLock-H4", 2),
+                                              ("CombinationLock-H4", 3)])
+def test_k_below_the_effective_horizon_walks_away(tmp_path, env_id, num_heads):
     env, params = envs.make(env_id)
     summary = lock_run(tmp_path, env_id, num_heads)
     # Greedy on Q_k picks "walk away" (0) over the first digit (-step_cost) when k < n.
     np.testing.assert_allclose(summary["final_return"], 0.0, atol=1e-5)
     assert max(summary["final_return"]) < env.optimal_return(params) - 0.5
+    assert summary["steps_to_solve"] == [None] * 4  # no evaluation ever reached the optimum
+
+
+@pytest.mark.slow
+def test_k_one_below_the_lock_fails_where_k_equal_opens(tmp_path):
+    """The hardest failing case, k = n - 1, against k = n on the same lock and seeds. With k = n - 1 the
+    first digit's Q_k is -step_cost against 0 for walking away: a margin of 0.1, not of the goal."""
+    env, params = envs.make("CombinationLock-H3")
+    below = lock_run(tmp_path, "CombinationLock-H3", 2)
+    equal = lock_run(tmp_path, "CombinationLock-H3", 3)
+    np.testing.assert_allclose(below["final_return"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(equal["final_return"], env.optimal_return(params), atol=1e-5)
+    assert below["steps_to_solve"] == [None] * 4
+    assert all(steps is not None and 0 < steps <= equal["env_steps"] for steps in equal["steps_to_solve"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -116,7 +136,7 @@ def test_policy_snapshots_are_one_stacked_pytree(lock_train):
     config, (state, snapshots, metrics) = lock_train
     assert jax.tree.structure(snapshots) == jax.tree.structure(state.params)
     for snapshot, param in zip(jax.tree.leaves(snapshots), jax.tree.leaves(state.params)):
-        assert snapshot.shape == (config.horizon, *param.shape)
+        assert snapshot.shape == (sqirl.derive_sizes(config).horizon, *param.shape)
         np.testing.assert_array_equal(snapshot[-1], param)  # the last timestep's policy: the final network
     kernels = jax.tree.leaves(snapshots)
     assert not np.allclose(kernels[-1][0], kernels[-1][1])  # each timestep froze its own copy
@@ -130,15 +150,84 @@ def test_greedy_prefix_then_random(lock_train):
     lengths = np.asarray(metrics["episode_length"])
     new = np.asarray(metrics["new_transitions"])
     steps = np.diff(np.asarray(metrics["env_steps"]), prepend=0)
-    m, actions = config.episodes_per_iteration, 3
-    for i in range(config.horizon):
+    m, actions, horizon = config.episodes_per_iteration, 3, sqirl.derive_sizes(config).horizon
+    for i in range(horizon):
         # The frozen policies enter the first i digits, so every episode reaches position i; from there a
         # random digit continues with probability 1/3, so ~1 + 1/3 + 1/9 ... more steps on average.
-        expected = i + sum(actions ** -j for j in range(config.horizon - i))
+        expected = i + sum(actions ** -j for j in range(horizon - i))
         assert abs(lengths[i] - expected) < 0.15, (i, lengths[i], expected)
         # Only the t >= i transitions are stored for regression.
         assert new[i] == steps[i] - i * m
-    assert lengths[-1] == config.horizon  # last timestep: prefix of n-1 right digits + one random step
+    assert lengths[-1] == horizon  # last timestep: prefix of n-1 right digits + one random step
+
+
+def test_gradient_steps_follow_the_authors_rule(lock_train):
+    """ceil(every env step of the iteration, greedy prefix included, x epochs / batch): SB3's
+    `ceil(rollout.episode_timesteps * n_epochs / batch_size)` in the authors' SQIRL.learn."""
+    config, (_, _, metrics) = lock_train
+    steps = np.diff(np.asarray(metrics["env_steps"]), prepend=0)
+    new = np.asarray(metrics["new_transitions"])
+    expected = [math.ceil(s * config.num_epochs / config.batch_size) for s in steps]
+    np.testing.assert_array_equal(metrics["gradient_steps"], expected)
+    # The prefix counts: from iteration 1 on an iteration takes more steps than it stores.
+    assert (steps[1:] > new[1:]).all() and (np.asarray(metrics["gradient_steps"])[1:] >
+                                            np.ceil(new[1:] * config.num_epochs / config.batch_size)).all()
+
+
+def test_an_iteration_without_new_transitions_still_trains():
+    """H = 4 on a 2-digit lock: iterations 2 and 3 store nothing (every episode has ended by t = 2), yet
+    train on the buffer, which they leave as it is (one ring slot: it keeps the last data stored)."""
+    config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, [
+        "--env-id", "CombinationLock-H2", "--horizon", "4", "--episodes-per-iteration", "64",
+        "--replay-iterations", "1", "--num-epochs", "4"])
+    _, snapshots, metrics = jax.jit(sqirl.make_train(config))(jax.random.PRNGKey(0))
+    steps = np.diff(np.asarray(metrics["env_steps"]), prepend=0)
+    new, gradient_steps = np.asarray(metrics["new_transitions"]), np.asarray(metrics["gradient_steps"])
+    assert new[0] > 0 and (new[2:] == 0).all()
+    np.testing.assert_array_equal(gradient_steps, np.ceil(steps * 4 / config.batch_size).astype(int))
+    assert (gradient_steps[2:] > 0).all() and np.isfinite(np.asarray(metrics["loss"])[2:]).all()
+    for later in (2, 3):  # the network moved on after iteration 1, so each later timestep froze its own copy
+        assert not all(np.array_equal(s[later], s[later - 1]) for s in jax.tree.leaves(snapshots))
+
+
+def test_steps_to_solve_takes_the_first_evaluation_at_the_threshold():
+    nan = np.nan
+    eval_return = np.array([[nan, 0.5, nan, 0.69995, 0.7],  # reached within float32 rounding at the 4th
+                            [0.0, 0.6998, 0.0, 0.0, 0.0],  # never (0.6998 is short by more than the tolerance)
+                            [0.7, 0.0, 0.7, 0.0, 0.7]])  # at the first evaluation, whatever comes after
+    env_steps = np.array([[10, 20, 30, 40, 50], [11, 21, 31, 41, 51], [12, 22, 32, 42, 52]])
+    assert sqirl.steps_to_solve(eval_return, env_steps, 0.7) == [40, None, 12]
+    assert sqirl.steps_to_solve(eval_return, env_steps, None) == [None, None, None]
+
+
+def test_steps_to_solve_of_a_one_digit_lock(tmp_path):
+    """CombinationLock-H1, k = 1: one iteration of m one-step random episodes, after which greedy on the
+    fitted Q (right digit +1, others -2) is optimal: solved at exactly m env steps. Null when never solved."""
+    flags = ["--env-id", "CombinationLock-H1", "--num-heads", "1", "--episodes-per-iteration", "64", "--lr", "1e-2",
+             "--num-epochs", "100", "--num-seeds", "4", "--quiet"]
+    summary = sqirl.main([*flags, "--run-dir", str(tmp_path / "solved")])
+    assert summary["horizon"] == 1 and summary["solve_threshold"] == pytest.approx(1.0)
+    assert summary["final_return"] == [1.0] * 4 and summary["steps_to_solve"] == [64] * 4
+    assert json.loads((tmp_path / "solved" / "summary.json").read_text())["steps_to_solve"] == [64] * 4
+    summary = sqirl.main([*flags, "--solve-threshold", "1.5", "--run-dir", str(tmp_path / "unsolved")])
+    assert summary["steps_to_solve"] == [None] * 4
+    assert json.loads((tmp_path / "unsolved" / "summary.json").read_text())["steps_to_solve"] == [None] * 4
+
+
+def test_the_horizon_follows_the_lock():
+    def horizon(*flags):
+        config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, list(flags))
+        env, _, _ = sqirl.make_env(config)
+        assert env.horizon == sqirl.derive_sizes(config).horizon
+        return env.horizon
+
+    assert horizon("--env-id", "CombinationLock-H6") == 6  # not the default lock's 4
+    assert horizon("--env-id", "CombinationLock-H2") == 2
+    assert horizon("--env-id", "CartPole-v1/horizon30") == 30
+    assert horizon("--env-id", "CombinationLock-H6", "--horizon", "8") == 8  # a flag is followed as given
+    assert horizon("--preset", "cartpole") == 200
+    with pytest.raises(ValueError, match=r"CartPole-v1 has no horizon of its own: pass --horizon"):
+        horizon("--env-id", "CartPole-v1")
 
 
 def test_budget_stops_iterations_and_later_timesteps_use_the_latest_network():
@@ -169,6 +258,9 @@ def test_every_preset_runs(preset, tmp_path):
         assert (run_dir / name).stat().st_size > 0, name
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["algorithm"] == "sqirl" and on_disk["iterations_run"] == [3, 3]
+    assert on_disk["solve_threshold"] == pytest.approx(THRESHOLDS[preset]) and len(on_disk["steps_to_solve"]) == 2
+    if THRESHOLDS[preset] is None:
+        assert on_disk["steps_to_solve"] == [None, None]
     header = (run_dir / "metrics_seed0.csv").read_text().splitlines()[0].split(",")
     assert {"env_steps", "episode_return", "loss", "loss_head1", "eval_return", "gradient_steps"} <= set(header)
     snapshots = runlog.load_checkpoint(run_dir / "checkpoint.msgpack")["policy_snapshots"]
