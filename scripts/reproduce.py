@@ -118,9 +118,10 @@ def sqirl_horizon(scale: str) -> list[Run]:
     locks = _pick(scale, (2,), (2, 4, 6), (2, 4, 6, 8))
     heads = _pick(scale, (1, 2), (1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6, 7, 8))
     episodes = _pick(scale, 64, 1024, 4096)
-    return [Run(f"lock{n}_k{k}", "sqirl", ("--preset", "lock", "--env-id", f"CombinationLock-H{n}", "--horizon", str(n),
+    # The horizon follows the lock; an evaluation after every iteration (the default) gives steps_to_solve.
+    return [Run(f"lock{n}_k{k}", "sqirl", ("--preset", "lock", "--env-id", f"CombinationLock-H{n}",
                                            "--num-heads", str(k), "--episodes-per-iteration", str(episodes),
-                                           "--total-timesteps", str(episodes * n * n), "--num-evals", "1"),
+                                           "--total-timesteps", str(episodes * n * n)),
                 f"CombinationLock-H{n}", f"k={k}") for n in locks for k in heads]
 
 
