@@ -7,26 +7,44 @@ is what keeps the TD updates stable. Every update collects `num_steps` x `num_en
 `num_epochs` passes over the batch in `num_minibatches` shuffled minibatches, minimising
 0.5 * mean((Q(s, a) - G)^2) with RAdam after global-norm clipping.
 
+The paper's ablation is a flag: `--norm layer|batch|none` after every hidden layer (BatchNorm uses minibatch
+statistics in the learning pass and its running averages, frozen, when acting and evaluating) and
+`--norm-input` (BatchNorm on the observations), as the authors' NORM_TYPE and NORM_INPUT.
+
 Run (from the repository root):
     python algorithms/pqn.py                                   # CartPole-v1, the authors' settings
     python algorithms/pqn.py --preset minatar --env-id Asterix-MinAtar
+    python algorithms/pqn.py --norm batch --norm-input         # the ablation: batch instead of layer norm
     python algorithms/pqn.py --num-seeds 4 --lr 3e-4           # any field below is a flag; see --help
     python algorithms/pqn.py --sweep lr=1e-4,3e-4,1e-3         # one vmapped program, one run dir per value
     python algorithms/pqn.py --resume runs/pqn_CartPole-v1_... # continue a run from its last checkpoint
 
 Logged per update (metrics_seed<i>.csv): env_steps (per seed), episode_return / episode_length (mean over
 the training episodes that finished in that rollout, NaN if none did; raw, unscaled reward), td_loss,
-q_mean, epsilon, learning_rate, eval_return (greedy return on separate envs, every 1/num_evals of training,
-NaN between evaluations). summary.json's final_return is the last greedy evaluation of each seed.
+q_mean, epsilon, learning_rate, eval_return (NaN between evaluations). Evaluation is the authors' protocol:
+every 1/num_evals of training (20: every 5%) and at the end, num_eval_envs (128) separate envs act greedily
+for the env's time limit, resetting themselves, and eval_return is the mean return over every episode that
+finished. summary.json's final_return is the last greedy evaluation of each seed. The checkpoint holds the
+network's variables (with BatchNorm's running averages) and the optimizer state.
 
-Where this file differs from the authors' code (purejaxql), on purpose:
+Where this file differs from the authors' code (purejaxql @970ecce), and why:
 - λ-returns bootstrap step t from max_a Q(s_{t+1}) for every t; the reference uses Q(s_T) for the
-  penultimate step (an off-by-one).
-- At a time limit the target bootstraps from Q(final observation); the reference treats it as terminal.
-- MinAtar observations are used as they are (0/1); the reference divides them by 255.
-- No BatchNorm placeholder layers; greedy evaluation scores the first episode of each evaluation env.
+  penultimate step (an off-by-one: a bug, not copied).
+- At a time limit the target bootstraps from Q(final observation); the reference treats it as terminal
+  (it merges truncation into termination, which biases CartPole's values at 500 steps).
+- No evaluation of the untrained network before the first update (the reference's test at update 0):
+  metrics are one row per update. The last update is always evaluated (final_return); the reference tests
+  at multiples of int(0.05 x updates), which can miss the end.
+- No BatchNorm placeholder: without NORM_INPUT the reference still applies a BatchNorm to the input and
+  discards its output ("for global compatibility"); it computes nothing that is used, so it is left out.
+- ε-greedy draws and env keys are split differently (the same distributions, other random streams); ε's
+  decay length is int(eps_decay x updates) (the reference's is not rounded), the learning rate decays to 0
+  (the reference's to 1e-20); the run's length is also the schedules' (no TOTAL_TIMESTEPS_DECAY).
+- Training returns are logged as the mean over the episodes that ended in each rollout (the reference logs
+  the mean of its LogWrapper's last-episode returns over all steps).
 - The MinAtar Conv(16, 3x3) is computed as 3x3 patches times its kernel (`Conv3x3`): the same function
   and parameters, with weight gradients 5x faster on CPU than XLA's convolution.
+- Extras the reference does not have, off by default: sticky actions, --obs-divisor 1 (raw MinAtar inputs).
 """
 
 from __future__ import annotations
@@ -86,17 +104,28 @@ class Config:
     reward_scale: float = 0.1
     """Rewards are multiplied by this for learning (logged returns stay unscaled)."""
     network: Literal["mlp", "cnn"] = "mlp"
-    """mlp: [Dense -> LayerNorm -> ReLU] x num_layers; cnn: the MinAtar Conv(16, 3x3) torso first."""
+    """mlp: [Dense -> norm -> ReLU] x num_layers; cnn: the MinAtar Conv(16, 3x3) -> norm -> ReLU torso first."""
+    norm: Literal["layer", "batch", "none"] = "layer"
+    """Normalization after every hidden layer, the paper's ablation (the authors' NORM_TYPE): layer (LayerNorm),
+    batch (BatchNorm: minibatch statistics in the learning pass, which also updates the running averages;
+    running averages, frozen, when acting, computing targets and evaluating) or none."""
+    norm_input: bool = False
+    """BatchNorm on the observations, before the network (the authors' NORM_INPUT); it takes the place of
+    obs_divisor, as in their code."""
+    obs_divisor: float = 1.0
+    """Observations are divided by this before the network. The minatar preset uses 255 as the authors' code
+    does, so its 0/1 inputs become 0 or 1/255 (not harmless: see docs/pqn.md); --obs-divisor 1 keeps them raw."""
     hidden_size: int = 256
     """Units per hidden layer."""
     num_layers: int = 2
     """Hidden Dense layers (after the conv layer for cnn)."""
     sticky_action_prob: float = 0.0
     """Probability of repeating the previous action (MinAtar/Machado et al. sticky actions)."""
-    num_eval_envs: int = 16
-    """Separate environments for greedy evaluation."""
-    num_evals: int = 10
-    """Greedy evaluations during training (the last one, at the end, gives final_return)."""
+    num_eval_envs: int = 128
+    """Separate environments for greedy evaluation (the authors' TEST_NUM_ENVS)."""
+    num_evals: int = 20
+    """Greedy evaluations during training, one every 1/num_evals of it (20: the authors' TEST_INTERVAL 0.05); the
+    last one, at the end, gives final_return."""
     run_dir: str | None = None
     """Output directory; default runs/pqn_<env>_<time>."""
     quiet: bool = False
@@ -119,15 +148,26 @@ class Config:
 SWEEPABLE = ("lr", "td_lambda", "gamma", "eps_finish", "reward_scale", "max_grad_norm")
 
 
-# The authors' values (purejaxql config/alg/pqn_cartpole.yaml and pqn_minatar.yaml). Their CartPole file
-# names Acrobot-v1 as the other env for the same settings, so the acrobot preset reuses them.
+# The authors' values, from purejaxql (github.com/mttga/purejaxql @970ecce):
+# - cartpole = the Config defaults, all from config/alg/pqn_cartpole.yaml: TOTAL_TIMESTEPS 5e5, NUM_ENVS 32,
+#   NUM_STEPS 64, NUM_MINIBATCHES 16, NUM_EPOCHS 4, LR 1e-4 with LR_LINEAR_DECAY, MAX_GRAD_NORM 10, GAMMA 0.99,
+#   LAMBDA 0.95, EPS_START 1 / EPS_FINISH 0.2 / EPS_DECAY 0.2, REW_SCALE 0.1, HIDDEN_SIZE 256, NUM_LAYERS 2,
+#   NORM_TYPE layer_norm, NORM_INPUT False, TEST_NUM_ENVS 128, TEST_INTERVAL 0.05 (num_evals 20), EPS_TEST 0
+#   (greedy). The MLP itself (Dense with flax's default init -> norm -> ReLU) is pqn_gymnax.py's QNetwork.
+# - acrobot: the same file names Acrobot-v1 as the other env for these settings.
+# - minatar: config/alg/pqn_minatar.yaml: TOTAL_TIMESTEPS 1e7, NUM_ENVS 128, NUM_STEPS 32, NUM_MINIBATCHES 32,
+#   NUM_EPOCHS 2, LR 5e-4 with LR_LINEAR_DECAY, MAX_GRAD_NORM 10, GAMMA 0.99, LAMBDA 0.65, EPS 1 / 0.05 / 0.1,
+#   NORM_TYPE layer_norm, TEST_NUM_ENVS 128, TEST_INTERVAL 0.05; no REW_SCALE (1) or NORM_INPUT (False) there,
+#   so pqn_minatar.py's defaults. The network (x / 255, Conv(16, 3x3, VALID), norm, ReLU, Dense(128), norm,
+#   ReLU, head; He-normal init) is pqn_minatar.py's QNetwork and CNN. ENV_KWARGS {}: gymnax's MinAtar has no
+#   sticky actions by default.
 PRESETS = {
     "cartpole": Config(),
     "acrobot": Config(preset="acrobot", env_id="Acrobot-v1"),
     "minatar": Config(
         preset="minatar", env_id="Breakout-MinAtar", total_timesteps=10_000_000, num_envs=128,
         num_steps=32, num_minibatches=32, num_epochs=2, lr=5e-4, td_lambda=0.65, eps_finish=0.05,
-        eps_decay=0.1, reward_scale=1.0, network="cnn", hidden_size=128, num_layers=1,
+        eps_decay=0.1, reward_scale=1.0, network="cnn", hidden_size=128, num_layers=1, obs_divisor=255.0,
     ),
 }
 
@@ -164,6 +204,10 @@ def derive_sizes(config: Config) -> Sizes:
     for name in ("gamma", "td_lambda", "eps_start", "eps_finish", "eps_decay", "sticky_action_prob"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+    if config.norm not in ("layer", "batch", "none"):
+        raise ValueError(f"norm must be layer, batch or none, got {config.norm!r}: e.g. --norm batch.")
+    if not config.obs_divisor > 0:
+        raise ValueError(f"obs_divisor must be positive, got {config.obs_divisor}: --obs-divisor 1 keeps raw inputs.")
     sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
@@ -221,24 +265,43 @@ class Conv3x3(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """Q(s, ·): [Dense -> LayerNorm -> ReLU] x num_layers -> Dense(num_actions), optionally after the
-    MinAtar torso Conv(16, 3x3, VALID) -> LayerNorm -> ReLU -> flatten (He-normal init, as the authors)."""
+    """Q(s, ·): [Dense -> norm -> ReLU] x num_layers -> Dense(num_actions), optionally after the MinAtar torso
+    Conv(16, 3x3, VALID) -> norm -> ReLU -> flatten (He-normal init, as the authors). The input is first
+    divided by obs_divisor, or batch-normalized instead (norm_input).
+
+    `train=True` (the learning pass only) makes every BatchNorm use the minibatch's statistics and update its
+    running averages (apply with mutable=["batch_stats"]); otherwise it uses the running averages, frozen.
+    """
 
     num_actions: int
     hidden_size: int
     num_layers: int
     conv: bool
+    norm: str = "layer"
+    norm_input: bool = False
+    obs_divisor: float = 1.0
 
     @nn.compact
-    def __call__(self, obs: jax.Array) -> jax.Array:
+    def __call__(self, obs: jax.Array, train: bool = False) -> jax.Array:
+        def normalize(x):
+            if self.norm == "layer":
+                return nn.LayerNorm()(x)
+            if self.norm == "batch":
+                return nn.BatchNorm(use_running_average=not train)(x)
+            return x
+
         x = obs
+        if self.norm_input:
+            x = nn.BatchNorm(use_running_average=not train)(x)
+        elif self.obs_divisor != 1.0:
+            x = x / self.obs_divisor
         init = nn.initializers.he_normal() if self.conv else nn.initializers.lecun_normal()
         if self.conv:
             x = Conv3x3(16, kernel_init=init)(x)
-            x = nn.relu(nn.LayerNorm()(x))
+            x = nn.relu(normalize(x))
             x = x.reshape(*x.shape[:-3], -1)
         for _ in range(self.num_layers):
-            x = nn.relu(nn.LayerNorm()(nn.Dense(self.hidden_size, kernel_init=init)(x)))
+            x = nn.relu(normalize(nn.Dense(self.hidden_size, kernel_init=init)(x)))
         return nn.Dense(self.num_actions)(x)
 
 
@@ -253,8 +316,8 @@ class Transition(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
+    params: Any  # the network's variables: {"params": weights} and, with BatchNorm, {"batch_stats": running averages}
+    opt_state: Any  # the optimizer's state for {"params": weights}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -284,6 +347,29 @@ def lambda_returns(rewards, terminated, done, next_q_max, gamma: float, td_lambd
 
 
 # ----------------------------------------------------------------------------------------------------
+# GREEDY EVALUATION
+
+
+def greedy_evaluation(env, env_params, q_values: Callable, key, num_envs: int, num_steps: int):
+    """The authors' test protocol: num_envs fresh envs run greedily for num_steps steps, each resetting itself
+    when its episode ends; the result is the mean return over every episode that finished in that time
+    (NaN if none did). With num_steps the env's time limit, every env finishes at least one episode."""
+    key_reset, key_steps = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num_envs), env_params)
+
+    def step(carry, key):
+        obs, env_state = carry
+        action = q_values(obs).argmax(-1)
+        keys = jax.random.split(key, num_envs)
+        obs, env_state, _, _, _, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            keys, env_state, action, env_params)
+        return (obs, env_state), (info["episode_done"], info["episode_return"])
+
+    _, (done, returns) = jax.lax.scan(step, (obs, env_state), jax.random.split(key_steps, num_steps))
+    return envs.mean_over_finished(returns, done)
+
+
+# ----------------------------------------------------------------------------------------------------
 # TRAINING
 
 
@@ -297,7 +383,8 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     """
     sizes = derive_sizes(config)
     env, env_params, num_actions = make_env(config)
-    network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn")
+    network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn",
+                       norm=config.norm, norm_input=config.norm_input, obs_divisor=config.obs_divisor)
     # At least one step: optax holds a zero-length schedule at its start value.
     eps_decay_updates = max(int(config.eps_decay * sizes.num_updates), 1)
     num_gradient_steps = sizes.num_updates * config.num_epochs * config.num_minibatches
@@ -312,7 +399,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     obs_shape = env.observation_space(env_params).shape
-    eval_steps = int(env_params.max_steps_in_episode)  # every eval env finishes at least one episode
+    eval_steps = int(env_params.max_steps_in_episode)  # the authors' TEST_NUM_STEPS
 
     def epsilon_greedy(key, q_values, epsilon):
         key_explore, key_action = jax.random.split(key)
@@ -320,28 +407,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         random_action = jax.random.randint(key_action, greedy.shape, 0, num_actions)
         return jnp.where(jax.random.uniform(key_explore, greedy.shape) < epsilon, random_action, greedy)
 
-    def greedy_evaluation(params, key):
-        """Mean greedy return of the first episode of each of num_eval_envs fresh envs."""
-        key_reset, key_steps = jax.random.split(key)
-        obs, env_state = reset_envs(jax.random.split(key_reset, config.num_eval_envs), env_params)
-
-        def step(carry, key):
-            obs, env_state, first_return, finished = carry
-            action = network.apply(params, obs).argmax(-1)
-            keys = jax.random.split(key, config.num_eval_envs)
-            obs, env_state, _, _, _, info = step_envs(keys, env_state, action, env_params)
-            first_return = jnp.where(finished, first_return, info["episode_return"])
-            return (obs, env_state, first_return, finished | info["episode_done"]), None
-
-        carry = (obs, env_state, jnp.zeros(config.num_eval_envs), jnp.zeros(config.num_eval_envs, bool))
-        (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, eval_steps))
-        return first_return.mean()
-
     def init(key, hparams):
         hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
         key, key_params, key_reset = jax.random.split(key, 3)
-        params = network.init(key_params, jnp.zeros((1, *obs_shape)))
-        state = TrainState(params, optimizer(hp).init(params))
+        variables = network.init(key_params, jnp.zeros((1, *obs_shape)))
+        state = TrainState(variables, optimizer(hp).init({"params": variables["params"]}))
         obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
         return hp, state, env_state, obs, jnp.float32(jnp.nan), key
 
@@ -389,14 +459,21 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         )
 
         # UPDATE NETWORK
-        def loss_fn(params, obs, action, target):
-            q_taken = (network.apply(params, obs) * jax.nn.one_hot(action, num_actions)).sum(-1)
-            return 0.5 * jnp.mean((q_taken - target) ** 2), q_taken.mean()
+        # The only pass with train=True: BatchNorm normalizes with the minibatch's statistics and returns its
+        # updated running averages (an empty dict without BatchNorm); the gradient is for the weights alone.
+        def loss_fn(weights, variables, obs, action, target):
+            q_values, batch_stats = network.apply(
+                {**variables, **weights}, obs, train=True, mutable=["batch_stats"])
+            q_taken = (q_values * jax.nn.one_hot(action, num_actions)).sum(-1)
+            return 0.5 * jnp.mean((q_taken - target) ** 2), (q_taken.mean(), batch_stats)
 
         def minibatch_step(state, minibatch):
-            (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, *minibatch)
-            updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
-            return TrainState(optax.apply_updates(state.params, updates), opt_state), (loss, q_mean)
+            weights = {"params": state.params["params"]}
+            (loss, (q_mean, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                weights, state.params, *minibatch)
+            updates, opt_state = optimizer(hp).update(grads, state.opt_state, weights)
+            variables = {**optax.apply_updates(weights, updates), **batch_stats}
+            return TrainState(variables, opt_state), (loss, q_mean)
 
         batch = jax.tree.map(
             lambda x: x.reshape(sizes.batch_size, *x.shape[2:]), (rollout.obs, rollout.action, targets)
@@ -414,7 +491,10 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         # EVALUATE AND LOG
         is_eval = ((update_index + 1) % sizes.eval_every == 0) | (update_index == sizes.num_updates - 1)
         eval_return = jax.lax.cond(
-            is_eval, lambda: greedy_evaluation(state.params, key_eval), lambda: jnp.float32(jnp.nan)
+            is_eval,
+            lambda: greedy_evaluation(env, env_params, lambda obs: network.apply(state.params, obs), key_eval,
+                                      config.num_eval_envs, eval_steps),
+            lambda: jnp.float32(jnp.nan),
         )
         latest_eval_return = jnp.where(is_eval, eval_return, latest_eval_return)
         done, returns, lengths = episodes

@@ -1,5 +1,8 @@
-"""PQN: λ-returns against the forward-view definition, runs, outputs, errors, determinism, learning."""
+"""PQN: λ-returns against the forward-view definition, the normalization ablation's wiring (layer / batch /
+none, input BatchNorm, MinAtar's /255), BatchNorm's running averages, the authors' evaluation protocol,
+runs, outputs, errors, determinism, learning."""
 
+import functools
 import json
 
 import flax.linen as nn
@@ -8,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import envs
 import runlog
 from algorithms import pqn
 
-TINY = ["--total-timesteps", "4096", "--num-evals", "2", "--quiet"]
+TINY = ["--total-timesteps", "4096", "--num-evals", "2", "--num-eval-envs", "16", "--quiet"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -81,6 +85,173 @@ def test_conv3x3_is_a_valid_3x3_convolution():
     ours = pqn.Conv3x3(16).apply(params, x)  # same parameter names and shapes as nn.Conv
     assert ours.shape == (5, 8, 8, 16)
     np.testing.assert_allclose(ours, conv.apply(params, x), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Normalization (the paper's ablation) and MinAtar's input scaling
+
+
+def tiny_td_loss(*flags):
+    """td_loss of a tiny run's 2 updates (seed 0), straight from the program."""
+    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [*TINY, *flags])
+    return np.asarray(jax.jit(pqn.make_train(config))(jax.random.PRNGKey(0))[1]["td_loss"])
+
+
+def test_norm_flags_change_the_computation():
+    losses = {flags: tiny_td_loss(*flags) for flags in [
+        (), ("--norm", "batch"), ("--norm", "none"), ("--norm-input",)]}
+    assert all(np.isfinite(loss).all() for loss in losses.values())
+    names = list(losses)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not np.array_equal(losses[a], losses[b]), (a, b)
+
+
+def test_norm_flags_build_the_authors_layers():
+    def variables(**fields):
+        network = pqn.QNetwork(2, 8, 2, conv=False, **fields)
+        return network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+
+    layer, batch, none = variables(norm="layer"), variables(norm="batch"), variables(norm="none")
+    assert sorted(layer["params"]) == ["Dense_0", "Dense_1", "Dense_2", "LayerNorm_0", "LayerNorm_1"]
+    assert "batch_stats" not in layer and sorted(none["params"]) == ["Dense_0", "Dense_1", "Dense_2"]
+    assert sorted(batch["batch_stats"]) == ["BatchNorm_0", "BatchNorm_1"]
+    with_input = variables(norm="layer", norm_input=True)
+    assert jax.tree.map(jnp.shape, with_input["batch_stats"]) == {"BatchNorm_0": {"mean": (4,), "var": (4,)}}
+
+
+def test_minatar_preset_divides_observations_by_255():
+    assert pqn.PRESETS["minatar"].obs_divisor == 255.0 and pqn.PRESETS["cartpole"].obs_divisor == 1.0
+    config = runlog.parse_config(pqn.Config, pqn.PRESETS, ["--preset", "minatar"])
+    env, env_params, num_actions = pqn.make_env(config)
+    obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
+    assert set(np.unique(obs)) <= {0.0, 1.0}  # MinAtar's observations are 0/1 channels
+    fields = dict(num_actions=num_actions, hidden_size=16, num_layers=1, conv=True)
+    divided = pqn.QNetwork(**fields, obs_divisor=255.0)
+    raw = pqn.QNetwork(**fields)
+    variables = raw.init(jax.random.PRNGKey(1), obs[None])
+    # the same parameters: the /255 network on obs is the raw network on obs / 255 (the same operations)
+    np.testing.assert_array_equal(divided.apply(variables, obs[None]), raw.apply(variables, obs[None] / 255.0))
+    assert not np.allclose(divided.apply(variables, obs[None]), raw.apply(variables, obs[None]))
+    # with input BatchNorm there is no division (as in the authors' code: the BatchNorm replaces it)
+    normed = pqn.QNetwork(**fields, norm_input=True, obs_divisor=255.0)
+    normed_vars = normed.init(jax.random.PRNGKey(1), obs[None])
+    np.testing.assert_array_equal(normed.apply(normed_vars, obs[None]),
+                                  pqn.QNetwork(**fields, norm_input=True).apply(normed_vars, obs[None]))
+
+
+def test_obs_divisor_changes_a_minatar_run():
+    minatar = ["--preset", "minatar", "--total-timesteps", "8192"]
+    assert not np.array_equal(tiny_td_loss(*minatar), tiny_td_loss(*minatar, "--obs-divisor", "1"))
+
+
+def test_batch_norm_is_frozen_when_acting_and_evaluating_and_updated_when_learning(monkeypatch):
+    """Every BatchNorm the program traces is recorded with its input shape: with 8 acting envs, 3 evaluation
+    envs and minibatches of 64, only the learning pass (batch 64) may use and update batch statistics."""
+    calls = []
+
+    class RecordingBatchNorm(nn.BatchNorm):
+        def __call__(self, x, *args, **kwargs):
+            if not self.is_initializing():
+                calls.append((x.shape[:-1], self.use_running_average))
+            return super().__call__(x, *args, **kwargs)
+
+    monkeypatch.setattr(nn, "BatchNorm", RecordingBatchNorm)
+    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [
+        "--norm", "batch", "--norm-input", "--num-envs", "8", "--num-steps", "16", "--num-minibatches", "2",
+        "--num-epochs", "2", "--num-eval-envs", "3", "--total-timesteps", "256", "--num-evals", "1", "--quiet"])
+    program = pqn.make_train(config)
+    init = jax.jit(lambda key: program.init(key, {}))
+    carry = init(jax.random.PRNGKey(0))
+    carry, _ = jax.jit(program.update)(carry, jnp.int32(0))
+    shapes = {shape: set() for shape, _ in calls}
+    for shape, frozen in calls:
+        shapes[shape].add(frozen)
+    # acting (8 envs), the obs after the rollout, the final observations (16 x 8), evaluation (3 envs)
+    assert {(8,), (16, 8), (3,), (64,)} <= {shape[:2] if len(shape) > 1 and shape[0] == 16 else shape[:1]
+                                            for shape in shapes}
+    for shape, modes in shapes.items():
+        assert modes == ({False} if shape[0] == 64 else {True}), (shape, modes)
+    # the learning pass moved the running averages away from their initial values (mean 0, var 1)
+    before = init(jax.random.PRNGKey(0))[1].params["batch_stats"]
+    after = carry[1].params["batch_stats"]
+    assert sorted(after) == [f"RecordingBatchNorm_{i}" for i in range(3)]
+    for name in after:
+        assert not np.array_equal(after[name]["mean"], before[name]["mean"]), name
+        assert not np.array_equal(after[name]["var"], before[name]["var"]), name
+
+
+def test_batch_norm_resumes_exactly_and_is_checkpointed(tmp_path, monkeypatch):
+    """As tests/test_resume_sweep.py, with BatchNorm everywhere: its running averages are in the saved state."""
+    flags = [*TINY, "--norm", "batch", "--norm-input", "--num-seeds", "2", "--num-checkpoints", "4"]
+    pqn.main([*flags, "--run-dir", str(tmp_path / "whole")])
+    monkeypatch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=1))
+    with pytest.raises(runlog.RunInterrupted):
+        pqn.main([*flags, "--run-dir", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    pqn.main(["--resume", str(tmp_path / "cut"), "--quiet"])
+    whole = runlog.load_checkpoint(tmp_path / "whole" / "checkpoint.msgpack")
+    resumed = runlog.load_checkpoint(tmp_path / "cut" / "checkpoint.msgpack")
+    assert sorted(whole["params"]["batch_stats"]) == ["BatchNorm_0", "BatchNorm_1", "BatchNorm_2"]
+    jax.tree.map(np.testing.assert_array_equal, whole, resumed)
+    for seed in range(2):
+        a, b = [(tmp_path / run / f"metrics_seed{seed}.csv").read_text() for run in ("whole", "cut")]
+        assert a == b
+
+
+def test_sweep_with_batch_norm(tmp_path):
+    """--sweep keeps each value's running averages apart; each value's run is the run with that value set
+    (vmapping over values reorders float sums, so a tolerance of float32 rounding over 2 updates)."""
+    flags = [*TINY, "--norm", "batch", "--num-seeds", "2"]
+    summaries = pqn.main([*flags, "--sweep", "lr=1e-4,1e-3", "--run-dir", str(tmp_path / "sweep")])
+    assert len(summaries) == 2
+    stats = [runlog.load_checkpoint(tmp_path / "sweep" / f"lr={lr}" / "checkpoint.msgpack")["params"]["batch_stats"]
+             for lr in ("0.0001", "0.001")]
+    assert not np.array_equal(stats[0]["BatchNorm_0"]["mean"], stats[1]["BatchNorm_0"]["mean"])
+    pqn.main([*flags, "--lr", "1e-3", "--run-dir", str(tmp_path / "single")])
+    single = runlog.load_checkpoint(tmp_path / "single" / "checkpoint.msgpack")["params"]["batch_stats"]
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), stats[1], single)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation: the authors' protocol
+
+
+def test_presets_evaluate_as_the_authors():
+    for preset in pqn.PRESETS.values():
+        assert preset.num_eval_envs == 128 and preset.num_evals == 20, preset.preset  # TEST_INTERVAL 0.05
+
+
+def test_greedy_evaluation_averages_every_finished_episode():
+    """The scan against a plain loop over the same keys: every episode that ends in the window counts."""
+    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [])
+    env, env_params, _ = pqn.make_env(config)
+    weights = jnp.array([[0.3, -0.2], [-0.1, 0.4], [0.5, -0.6], [-0.2, 0.1]])
+    q_values = lambda obs: obs @ weights  # noqa: E731: a fixed, mediocre policy with episodes of many lengths
+    key, num_envs, num_steps = jax.random.PRNGKey(5), 4, 120
+    ours = pqn.greedy_evaluation(env, env_params, q_values, key, num_envs, num_steps)
+
+    key_reset, key_steps = jax.random.split(key)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num_envs), env_params)
+    step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    finished = []
+    for key_step in jax.random.split(key_steps, num_steps):
+        action = np.argmax(np.asarray(q_values(obs)), axis=-1)
+        obs, state, _, _, _, info = step(jax.random.split(key_step, num_envs), state, jnp.asarray(action),
+                                         env_params)
+        finished += [float(r) for r, d in zip(info["episode_return"], info["episode_done"]) if d]
+    assert len(finished) > num_envs  # more episodes than envs: not only the first episode of each env
+    np.testing.assert_allclose(ours, np.mean(finished), rtol=1e-6)  # float32 mean of integer returns
+
+
+def test_evaluation_every_5_percent_and_at_the_end(tmp_path):
+    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [
+        "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "1", "--num-epochs", "1",
+        "--total-timesteps", str(41 * 32), "--num-eval-envs", "2", "--quiet"])
+    _, metrics = jax.jit(pqn.make_train(config))(jax.random.PRNGKey(0))
+    evaluated = np.flatnonzero(np.isfinite(metrics["eval_return"]))
+    # 41 updates: every int(41 / 20) = 2 updates, and the last one
+    np.testing.assert_array_equal(evaluated, [*range(1, 41, 2), 40])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,6 +346,15 @@ def test_unknown_env_id():
 def test_cnn_needs_images():
     with pytest.raises(ValueError, match="--network mlp"):
         pqn.main(["--network", "cnn", "--quiet"])
+
+
+def test_unknown_norm_fails_before_compiling():
+    with pytest.raises(SystemExit):  # tyro: "invalid choice 'group' for argument '--norm'"
+        pqn.main(["--norm", "group", "--quiet"])
+    with pytest.raises(ValueError, match="norm must be layer, batch or none"):
+        pqn.make_train(pqn.Config(norm="group"))
+    with pytest.raises(ValueError, match="--obs-divisor 1"):
+        pqn.main(["--obs-divisor", "0", "--quiet"])
 
 
 def test_unknown_preset():
