@@ -184,8 +184,12 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
             ax.legend(fontsize=7, loc="lower right")
         if extra:
             finals = [read_summary(d)["final_return"][:seeds] for _, d in runs]
-            bar_panel(axes[len(panels)], [r.env for r, _ in runs], finals,
-                      [colors[i % len(colors)] for i in range(len(runs))])
+            # several variants per panel: each bar named and coloured as its curve
+            same_env = [[r for r, _ in runs if r.env == run.env] for run, _ in runs]
+            several = any(len(others) > 1 for others in same_env)
+            bar_panel(axes[len(panels)], [f"{r.env}: {r.label}" if several else r.env for r, _ in runs], finals,
+                      [colors[(others.index(r) if several else i) % len(colors)]
+                       for i, ((r, _), others) in enumerate(zip(runs, same_env))])
             axes[len(panels)].set_title("final return per environment", fontsize=9)
         for ax in axes[len(panels) + extra:]:
             ax.axis("off")

@@ -87,6 +87,32 @@ def pqn_minatar(scale: str) -> list[Run]:
             for game in games]
 
 
+NORMALIZATIONS = {  # run-name suffix -> (pqn.py flags, label): the paper's ablation (NORM_TYPE, NORM_INPUT)
+    "layer": ((), "LayerNorm"),
+    "batch": (("--norm", "batch"), "BatchNorm"),
+    "none": (("--norm", "none"), "no norm"),
+    "input": (("--norm-input",), "LayerNorm + input BatchNorm"),
+}
+
+
+def pqn_normalization(scale: str) -> list[Run]:
+    """Layer vs batch vs no normalization (and input BatchNorm) on CartPole and SpaceInvaders, each with its
+    preset. CPU: CartPole at the paper's budget; SpaceInvaders at 2.5e5 of its 1e7 steps without the
+    input-BatchNorm variant, evaluated every 10% on 32 envs (the authors' 20 x 128 greedy test runs of 1000
+    steps would cost more than training at that budget)."""
+    tiny = ("--num-evals", "2", "--num-eval-envs", "8") if scale == "tiny" else ()
+    cartpole = ("--preset", "cartpole", "--total-timesteps", str(_pick(scale, 8192, 500_000, 500_000)), *tiny)
+    invaders = ("--preset", "minatar", "--env-id", "SpaceInvaders-MinAtar",
+                "--total-timesteps", str(_pick(scale, 8192, 250_000, 10_000_000)),
+                *_pick(scale, tiny, ("--num-evals", "10", "--num-eval-envs", "32"), ()))
+    return [Run(f"{name}_{variant}", "pqn", (*args, *NORMALIZATIONS[variant][0]), env, NORMALIZATIONS[variant][1])
+            for name, env, args, variants in (
+                ("cartpole", "CartPole-v1", cartpole, _pick(scale, ("layer", "batch"), NORMALIZATIONS, NORMALIZATIONS)),
+                ("spaceinvaders", "SpaceInvaders-MinAtar", invaders,
+                 _pick(scale, ("layer", "batch"), ("layer", "batch", "none"), NORMALIZATIONS)))
+            for variant in variants]
+
+
 def sac_brax(scale: str) -> list[Run]:
     if scale == "full":
         return [Run(env, "sac", ("--preset", f"brax-{env}"), f"brax/{env}", "SAC")
@@ -164,6 +190,14 @@ REGISTRY: dict[str, Figure] = {f.name: f for f in [
     Figure("pqn-minatar", "pqn", "PQN on MinAtar", "curves", pqn_minatar,
            seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "8k steps", "cpu": "1M steps", "full": "10M steps"},
            curve_key="eval_return", note={"cpu": "1M of the paper's 10M steps"}),
+    Figure("pqn-normalization", "pqn", "PQN: LayerNorm vs BatchNorm vs no normalization", "curves", pqn_normalization,
+           seeds={"tiny": 2, "cpu": 4, "full": 16},
+           steps={"tiny": "8k steps", "cpu": "500k (CartPole), 250k (SpaceInvaders)",
+                  "full": "500k (CartPole), 10M (SpaceInvaders)"},
+           curve_key="eval_return",
+           note={"cpu": "CartPole: the paper's budget; SpaceInvaders: 2.5e5 of its 1e7 steps, no input-BatchNorm "
+                        "variant, 32 greedy test envs every 10% (authors: 128 every 5%)"},
+           reference={"CartPole-v1": (500.0, "authors (LayerNorm): 500, 4/4 seeds")}),
     Figure("sac-brax", "sac", "SAC on brax", "curves", sac_brax,
            seeds={"tiny": 2, "cpu": 2, "full": 5},
            steps={"tiny": "1k steps", "cpu": "50k steps", "full": "5M-7.9M steps"},
