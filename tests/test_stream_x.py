@@ -308,19 +308,23 @@ def run_final(flags):
 
 @pytest.mark.slow
 def test_stream_q_learns_cartpole_within_100k_steps():
-    # The claim: the mean return of 4 seeds reaches 400 within 1e5 steps. Also asserted, and stronger:
-    # the final return (last 10% of the run) averaged over 8 seeds is >= 400 (16 seeds measured: mean 450,
-    # 13 of 16 at >= 436; a single 4-seed mean of the final return ranges from ~390 to 500).
+    # The claim: the mean return of 4 seeds reaches 400 within 1e5 steps. Also asserted: the final
+    # return (last 10% of the run) averaged over 8 seeds is >= 350. With the time limit terminal (the time
+    # feature's rule) 16 seeds measured a mean of 429 (per-seed spread 62, so an 8-seed mean has a standard
+    # error of 22: 350 is 3.6 of them below); seeds 0-7: 412.
     final, metrics = run_final(["--preset", "cartpole-q", "--total-timesteps", "100000", "--num-seeds", "8"])
     four_seed_curve = runlog.nanmean_quiet(np.asarray(metrics["episode_return"])[:4], axis=0)
     assert np.nanmax(four_seed_curve) >= 400, four_seed_curve
-    assert final.mean() >= 400, final
+    assert final.mean() >= 350, final
 
 
 @pytest.mark.slow
 def test_stream_ac_learns_pendulum_within_200k_steps():
+    # A random policy gets about -1200. With the time limit terminal (the time feature's rule) 12 seeds measured
+    # after 2e5 steps: 9 between -380 and -190, 3 still learning at -800 to -950 (seeds 0-3: -806, -235, -833,
+    # -248). Both checks fail only when all 4 seeds are slow ones (about 0.25^4, under 1%).
     final, _ = run_final(["--preset", "pendulum-ac", "--total-timesteps", "200000", "--num-seeds", "4"])
-    assert final.mean() >= -700, final  # a random policy gets about -1200
+    assert final.mean() >= -900 and final.max() >= -450, final
 
 
 @pytest.mark.slow
