@@ -231,6 +231,9 @@ def make_env(config: Config):
     if config.time_feature and not config.time_limit:
         raise ValueError("--time-feature counts towards a time limit: with --no-time-limit use --no-time-feature.")
     env, env_params = envs.make(config.env_id, time_limit=config.time_limit, **kwargs)
+    episode_limit = int(env_params.max_steps_in_episode)  # what the time feature counts towards
+    if isinstance(env, envs.HorizonCap):  # an `<id>/horizon<H>` id ends episodes at H steps
+        episode_limit = min(episode_limit, env.horizon)
     discrete = hasattr(env.action_space(env_params), "n")
     if config.learner == "q":
         size = envs.require_discrete_actions(env, env_params, config.env_id, "stream Q(λ)",
@@ -266,7 +269,7 @@ def make_env(config: Config):
     if config.normalize_observations:
         env = envs.NormalizeObservation(env)
     if config.time_feature:
-        env = envs.AddTimeFeature(env, int(env_params.max_steps_in_episode))
+        env = envs.AddTimeFeature(env, episode_limit)
     return env, env_params, ActionSpec(discrete, size)
 
 

@@ -241,6 +241,20 @@ def test_minatar_preset_episodes_have_no_time_limit(time_limit):
     assert not bool(terminated) and bool(truncated) == time_limit == bool(info["episode_done"])
 
 
+def test_time_feature_counts_to_the_horizon_of_a_horizon_id():
+    """`<id>/horizon<H>` ends episodes at H steps: the time feature must show 0.5 exactly there (Pendulum's own
+    limit is 200), so that the timeout it makes terminal is visible in the state."""
+    config = runlog.parse_config(stream_x.Config, stream_x.PRESETS, ["--preset", "pendulum-ac", "--env-id",
+                                                                     "Pendulum-v1/horizon20"])
+    env, env_params, _ = stream_x.make_env(config)
+    _, state = env.reset(jax.random.PRNGKey(0), env_params)
+    step = jax.jit(env.step)
+    for t in range(20):
+        obs, state, _, terminated, truncated, info = step(jax.random.PRNGKey(t), state, jnp.zeros(1), env_params)
+    assert bool(truncated) and not bool(terminated)
+    assert float(info["final_observation"][-1]) == 0.5 and float(obs[-1]) == -0.5
+
+
 # ----------------------------------------------------------------------------------------------------
 # Runs, outputs, errors (resume and sweeps: tests/test_resume_sweep.py)
 
