@@ -134,7 +134,8 @@ class Config:
     """Also train and evaluate the DR and nominal SAC baselines (same total budget each)."""
     rho_selection: Literal["worst-case", "quantile"] = "worst-case"
     """How ρ is chosen from rho_choices: one ρ for the bank maximizing the robust policy's worst V(s0) over the
-    models found so far (re-chosen every iteration), or per model the 90th percentile of its own L1 errors."""
+    models found so far (re-chosen every iteration while a seed runs), or per model the 90th percentile of its own
+    L1 errors."""
     rho_choices: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.1, 1.0, 10))
     """Candidate validity thresholds ρ (L1 error of the dynamics predictor)."""
     num_envs: int = 4
