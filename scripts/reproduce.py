@@ -195,8 +195,8 @@ REGISTRY: dict[str, Figure] = {f.name: f for f in [
            curve_key="eval_return", note={"cpu": "1M of the paper's 10M steps, 32 of its 128 greedy test envs"}),
     Figure("pqn-normalization", "pqn", "PQN: LayerNorm vs BatchNorm vs no normalization", "curves", pqn_normalization,
            seeds={"tiny": 2, "cpu": 4, "full": 16},
-           steps={"tiny": "8k steps", "cpu": "500k (CartPole), 250k (SpaceInvaders)",
-                  "full": "500k (CartPole), 10M (SpaceInvaders)"},
+           steps={"tiny": "8k steps", "cpu": "500k (CartPole), 250k (SpaceInvaders) steps",
+                  "full": "500k (CartPole), 10M (SpaceInvaders) steps"},
            curve_key="eval_return",
            note={"cpu": "CartPole: the paper's budget; SpaceInvaders: 2.5e5 of its 1e7 steps, no input-BatchNorm "
                         "variant, 32 greedy test envs every 10% (authors: 128 every 5%)"},
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.list or not args.figure:
         for figure in REGISTRY.values():
             print(f"{figure.name}: {figure.title} ({args.scale}: {figure.seeds[args.scale]} seeds, "
-                  f"{figure.steps[args.scale]} steps)")
+                  f"{figure.steps[args.scale]} per seed)")
             for run in figure.runs(args.scale):
                 print(f"    {run.name}: python algorithms/{run.algorithm}.py {' '.join(run.args)}")
         return
