@@ -39,6 +39,25 @@ adversary's deterministic pushes at α_adv = 0), every 1/num_evals of the run. A
 is evaluated without adversary on every point of a grid of models (`grid_set`, `grid_points` per axis):
 grid.csv, grid.png, and summary.json's grid_worst / grid_average. final_return is the last eval_return.
 
+Where this file differs from the authors' code (github AryamanReddi99/quantal-adversarial-rl; see
+../shared/ALGORITHMS.md), not yet aligned (open issue 17), each changing results:
+- the protagonist's α starts at 1 (log α = 0); theirs at 0.005 (log α = -5.30);
+- `updates_per_step` 3 gradient updates per env step per env batch; theirs: one update every 3 env steps;
+- the self-paced curriculum's data are undiscounted protagonist-phase returns, and k stays free once the bound
+  was met; theirs uses the discounted returns of all 10 episodes of an iteration and updates only when the
+  current batch meets the bound;
+- a budget in env steps with `phase_steps` per phase; theirs: 200 iterations x 5 episodes per player, horizon
+  500, 5 temperatures per iteration reused in both phases;
+- both learners start at `learning_starts` with random actions before; theirs: critic from 3000, actor from
+  5000 transitions, acting with the policy from the start;
+- linear curriculum over the whole run; theirs reaches the target at 2/3 of training;
+- `--curriculum none` keeps the temperature feature at 0 and α_adv = 0; their RARL is an ordinary SAC
+  adversary with its own tuned α and no feature;
+- deterministic evaluation on `num_eval_envs` envs and a grid of `grid_episodes` per cell on stand-in tasks
+  (Pendulum, gymnax CartPole, brax); theirs: stochastic policies, 20 episodes, dm_control tasks, absolute body
+  values, each axis alone and jointly, 1 episode per cell;
+- one MLP trunk with μ and log σ heads, default init; theirs: separate μ and σ networks, Xavier init, actor before critic.
+
 Choices where the paper and the reference sheet are silent:
 - The temperature enters the observations as α_adv / E_0[α_adv] (1 at the initial mean, 0 at test time),
   so the networks see it at unit scale.
