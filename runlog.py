@@ -221,13 +221,31 @@ def shard_seeds(keys: jax.Array) -> jax.Array:
 
 def init_distributed() -> None:
     """`jax.distributed.initialize()` when a multi-host launcher set its environment (SLURM, Open MPI, TPU
-    pod slices, or JAX_COORDINATOR_ADDRESS); a no-op on one host. Then `jax.devices()` lists the devices of
-    every host and `seed_keys` shards the seeds over all of them."""
+    pod slices, or JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID, which JAX itself does
+    not read); a no-op on one host, and when already done. Then `jax.devices()` lists the devices of every
+    host and `seed_keys` shards the seeds over all of them.
+
+    It must run before anything touches the devices, and importing gymnax does (it computes arrays at
+    import): this module calls it when imported, so an algorithm file imports runlog before envs."""
     launched = any(name in os.environ for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
                                                    "TPU_WORKER_HOSTNAMES"))
     multi_task = int(os.environ.get("SLURM_NTASKS", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
-    if launched and (multi_task or "JAX_COORDINATOR_ADDRESS" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ):
-        jax.distributed.initialize()
+    if not (launched and (multi_task or "JAX_COORDINATOR_ADDRESS" in os.environ
+                          or "TPU_WORKER_HOSTNAMES" in os.environ)) or jax.distributed.is_initialized():
+        return
+    numbers = {name: int(os.environ[var]) for name, var in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                            ("process_id", "JAX_PROCESS_ID")) if var in os.environ}
+    try:
+        jax.distributed.initialize(**numbers)
+    except RuntimeError as error:
+        if "must be called before" not in str(error):
+            raise
+        raise SystemExit("A multi-host launch (jax.distributed) must start before JAX touches the devices, and "
+                         "something did (importing gymnax does): in the algorithm file, put `import runlog` above "
+                         "`import envs`.") from error
+
+
+init_distributed()  # at import, before an algorithm file imports envs (and with it gymnax)
 
 
 def vmap_seeds(train: Callable) -> Callable:
@@ -381,12 +399,19 @@ def _batched(fn: Callable, num_seeds: int, sweep_axes: tuple | None) -> Callable
 
 
 def _gather(tree: Any) -> Any:
-    """Host numpy copies of arrays that may be sharded over devices or hosts."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    """Host numpy copies of arrays that may be sharded over devices or hosts. On several hosts, an array
+    spread over them is gathered from all (a collective: every host calls this with the same tree); one this
+    host holds whole (numpy, or already gathered) is copied as it is, not stacked once per host."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
 
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.device_get(tree)
+    def gather(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(gather, tree)
 
 
 def _save_state(path: Path, updates_done: int, carry: Any, metrics: list[Any], batch_axes: int,
@@ -452,7 +477,7 @@ def compile_and_run(fn: Callable, *args):
 
 def peak_memory_mb() -> float:
     """Peak accelerator memory where the backend reports it (GPU/TPU), else the process's peak RSS."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}  # another host's devices report nothing here
     if "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
@@ -585,11 +610,7 @@ def finish_run(run_dir: Path, config, algorithm: str, metrics: dict[str, Any], f
     """Write everything a run produces; return the summary. Files come first, checks after.
 
     On several hosts every host gathers the seeds of all hosts, and only host 0 writes files."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        metrics, final_return, checkpoint = multihost_utils.process_allgather((metrics, final_return, checkpoint),
-                                                                               tiled=True)
+    metrics, final_return, checkpoint = _gather((metrics, final_return, checkpoint))
     metrics = {k: np.asarray(v) for k, v in metrics.items()}
     env_steps_per_seed = int(metrics["env_steps"][0, -1])
     summary = {

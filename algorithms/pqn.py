@@ -59,8 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import runlog  # first: on a multi-host launch it starts jax.distributed, before gymnax touches the devices
 import envs
-import runlog
 
 
 @dataclass(frozen=True)
