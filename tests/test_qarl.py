@@ -1,6 +1,8 @@
-"""QARL: the self-paced curriculum (KL trust region, frozen until the return bound is met, moves toward the
-target), the Gamma KL against numerical integration, the temperature in the observations, zero-sum
-rewards in the buffers, runs of every preset, errors, determinism, and robustness against plain SAC."""
+"""QARL: the self-paced curriculum (KL trust region, moves only on a batch that meets the return bound, toward
+the target), the Gamma KL against numerical integration, the linear schedule, the authors' SAC settings (α
+from 0.005, one update per 3 transitions, critic and actor start thresholds), temperatures reused in both
+phases, RARL without a temperature feature, the evaluation models, runs of every preset, errors,
+determinism, and learning on the pendulum preset with absolute floors."""
 
 import functools
 import json
@@ -11,12 +13,15 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+import envs
 import runlog
 from algorithms import qarl
 
+# 2 iterations of 5 envs x 20 steps per phase: 100 transitions per phase and player.
 TINY = ["--total-timesteps", "200", "--phase-steps", "20", "--num-envs", "5", "--learning-starts", "100",
-        "--grid-episodes", "2", "--batch-size", "32", "--hidden-size", "16", "--num-layers", "1", "--grid-points", "2", "--num-evals", "1",
-        "--num-eval-envs", "2", "--curriculum-batch", "5", "--quiet"]
+        "--actor-starts", "150", "--batch-size", "32", "--hidden-size", "16", "--num-layers", "1",
+        "--grid-points", "2", "--grid-episodes", "1", "--num-evals", "1", "--num-eval-envs", "2",
+        "--final-eval-episodes", "2", "--curriculum-batch", "10", "--quiet"]
 RATE, INITIAL, TARGET = 1000.0, 50.0, 1.0
 
 
@@ -37,23 +42,26 @@ def draws(shape, n=30, seed=0):
     return jax.random.gamma(jax.random.PRNGKey(seed), shape, (n,)) / RATE
 
 
-def update(shape, bound_met, temperatures, returns, bound):
-    return qarl.self_paced_update(jnp.float32(shape), jnp.bool_(bound_met), temperatures, returns, RATE, TARGET,
-                                  0.5, bound, INITIAL)
+def update(shape, temperatures, returns, bound):
+    return qarl.self_paced_update(jnp.float32(shape), temperatures, returns, RATE, TARGET, 0.5, bound, INITIAL)
 
 
-def test_curriculum_does_not_move_before_the_return_bound_is_met():
-    temperatures = draws(INITIAL)
-    shape, met = update(INITIAL, False, temperatures, jnp.full(30, -900.0), bound=-400.0)
-    assert float(shape) == INITIAL and not bool(met)
+def test_curriculum_does_not_move_on_a_batch_below_the_bound():
+    shape = update(INITIAL, draws(INITIAL), jnp.full(30, -900.0), bound=-400.0)
+    assert float(shape) == INITIAL
 
 
-def test_curriculum_moves_toward_the_target_within_the_trust_region_once_the_bound_is_met():
-    shape, met = jnp.float32(INITIAL), False
+def test_curriculum_does_not_move_on_a_batch_below_the_bound_after_the_bound_was_met_once():
+    moved = update(INITIAL, draws(INITIAL), jnp.full(30, -200.0), bound=-400.0)
+    assert float(moved) < INITIAL  # the bound was met: k moved
+    again = update(float(moved), draws(float(moved), seed=1), jnp.full(30, -900.0), bound=-400.0)
+    assert float(again) == pytest.approx(float(moved))  # the current batch is below it: k stays
+
+
+def test_curriculum_moves_toward_the_target_within_the_trust_region_when_the_bound_is_met():
+    shape = jnp.float32(INITIAL)
     for step in range(12):
-        temperatures = draws(float(shape), seed=step)
-        new, met = update(float(shape), met, temperatures, jnp.full(30, -200.0), bound=-400.0)
-        assert bool(met)
+        new = update(float(shape), draws(float(shape), seed=step), jnp.full(30, -200.0), bound=-400.0)
         assert float(qarl.gamma_kl(new, shape)) <= 0.5 + 1e-4  # the trust region
         assert float(qarl.gamma_kl(new, TARGET)) < float(qarl.gamma_kl(shape, TARGET))  # toward the target
         shape = new
@@ -65,13 +73,27 @@ def test_curriculum_keeps_the_importance_weighted_return_above_the_bound():
     # so the update may lower k only as far as the weighted return allows (before the trust region binds).
     temperatures = draws(INITIAL, n=400)
     returns = jnp.where(temperatures < 0.045, -600.0, -100.0)
-    new, met = update(INITIAL, True, temperatures, returns, bound=-250.0)
+    new = update(INITIAL, temperatures, returns, bound=-250.0)
     weights = np.exp(np.asarray(qarl.gamma_log_density(temperatures, new, RATE)
                                 - qarl.gamma_log_density(temperatures, INITIAL, RATE)))
     assert np.sum(weights * np.asarray(returns)) / weights.sum() >= -250.0 - 1e-3
     assert float(new) < INITIAL  # it still moved
-    unconstrained, _ = update(INITIAL, True, temperatures, jnp.full(400, -100.0), bound=-250.0)
+    unconstrained = update(INITIAL, temperatures, jnp.full(400, -100.0), bound=-250.0)
     assert float(unconstrained) < float(new)  # and the bound held it back
+
+
+def test_curriculum_batch_is_whole_iterations_of_both_phases():
+    sizes = lambda batch: qarl.derive_sizes(qarl.Config(curriculum_batch=batch)).curriculum_capacity  # noqa: E731
+    assert sizes(30) == 30 and sizes(10) == 10 and sizes(25) == 30 and sizes(1) == 10  # 10 episodes per iteration
+
+
+def test_linear_schedule_reaches_the_target_at_two_thirds_then_stays_flat():
+    initial, target, iterations = 0.05, 0.001, 30
+    temperature = [float(qarl.linear_temperature(i, iterations, initial, target)) for i in range(iterations)]
+    assert temperature[0] == pytest.approx(initial)
+    assert temperature[10] == pytest.approx(initial + (target - initial) / 2)  # halfway at 1/3
+    assert all(np.diff(temperature[:21]) < 0)  # falling until 2/3 ...
+    assert temperature[20:] == pytest.approx([target] * 10, rel=1e-5)  # ... then flat at the target (float32)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,9 +111,39 @@ def tiny_run(flags=()):
     return tiny_train(tuple(flags))(runlog.seed_keys(0, 1))
 
 
+def test_learned_alpha_starts_at_0_005():
+    for curriculum in ("self-paced", "rarl"):
+        config = runlog.parse_config(qarl.Config, qarl.PRESETS, [*TINY, "--curriculum", curriculum])
+        _, state, _ = qarl.make_train(config).init(jax.random.PRNGKey(0), {})
+        assert float(state.protagonist.log_alpha) == pytest.approx(-5.298, abs=1e-3)  # log 0.005, the authors' -5.30
+        if curriculum == "rarl":
+            assert float(state.adversary.log_alpha) == pytest.approx(-5.298, abs=1e-3)
+
+
+def expected_updates(phases, per_step, steps, every, start):
+    """Updates of one player: one per `every` transitions of each phase, once its buffer holds `start`."""
+    size = count = 0
+    for _ in range(phases):
+        stored = 0
+        for _ in range(steps):
+            size += per_step
+            if size >= start:
+                count += (stored + per_step) // every - stored // every
+            stored += per_step
+    return count
+
+
+def test_one_gradient_update_per_three_transitions_from_the_critic_and_actor_thresholds():
+    state, metrics = tiny_run(("--learning-starts", "50", "--actor-starts", "80"))
+    for player in (state.protagonist, state.adversary):  # 2 phases each of 5 envs x 20 steps
+        assert int(player.critic_updates[0]) == expected_updates(2, 5, 20, 3, 50) == 51
+        assert int(player.actor_updates[0]) == expected_updates(2, 5, 20, 3, 80) == 41
+    assert int(metrics["protagonist_updates"][0, -1]) == 51
+    assert expected_updates(2, 5, 20, 3, 0) == 2 * (100 // 3)  # from the start: one per 3 transitions
+
+
 def test_temperature_reaches_both_players_observations_and_rewards_are_zero_sum():
     state, metrics = tiny_run()
-    initial_mean = INITIAL / RATE
     for buffer in (state.protagonist_buffer, state.adversary_buffer):
         feature = np.asarray(buffer.data.obs)[0, : int(buffer.size[0]), -1]
         assert feature.std() > 0.05 and 0.2 < feature.mean() < 3.0  # α_adv / E[α_adv] of Gamma(50, 1000) draws
@@ -99,7 +151,22 @@ def test_temperature_reaches_both_players_observations_and_rewards_are_zero_sum(
     protagonist_rewards = np.asarray(state.protagonist_buffer.data.reward)[0, : int(state.protagonist_buffer.size[0])]
     adversary_rewards = np.asarray(state.adversary_buffer.data.reward)[0, : int(state.adversary_buffer.size[0])]
     assert (protagonist_rewards <= 0).all() and (adversary_rewards >= 0).all()  # Pendulum rewards are <= 0
-    assert abs(float(metrics["temperature"][0, -1]) / initial_mean - 1.0) < 0.5
+    assert abs(float(metrics["temperature"][0, -1]) / (INITIAL / RATE) - 1.0) < 0.5
+
+
+def test_temperatures_are_reused_in_both_phases_and_the_curriculum_sees_discounted_returns_of_both():
+    state, metrics = tiny_run()
+    temperatures = np.asarray(state.curriculum.temperatures[0])  # the last iteration's 10 episodes
+    np.testing.assert_array_equal(temperatures[:5], temperatures[5:])  # adversary phase, then protagonist phase
+    np.testing.assert_array_equal(temperatures[5:], np.asarray(state.temperature[0]))
+    # the same temperatures in the stored transitions of both players' last phase (20 steps x 5 envs)
+    for buffer in (state.protagonist_buffer, state.adversary_buffer):
+        feature = np.asarray(buffer.data.obs)[0, 100:200, -1].reshape(20, 5)
+        np.testing.assert_allclose(feature, np.tile(temperatures[5:] / (INITIAL / RATE), (20, 1)), rtol=1e-5)
+    returns = np.asarray(state.curriculum.returns[0])
+    assert float(metrics["curriculum_return"][0, -1]) == pytest.approx(returns.mean(), rel=1e-5)
+    # discounted (γ 0.99) Pendulum returns (rewards <= 0) are above the undiscounted ones of the same episodes
+    assert returns[5:].mean() > float(metrics["episode_return"][0, -1])
 
 
 def test_determinism():
@@ -109,28 +176,48 @@ def test_determinism():
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
 
 
-def test_adversary_off_is_sac_with_a_zero_temperature_feature():
+def test_rarl_has_no_temperature_feature_and_learns_the_adversarys_alpha():
+    state, metrics = tiny_run(("--curriculum", "rarl", "--actor-starts", "0"))
+    obs_dim = 3  # Pendulum's cos θ, sin θ, θ dot: nothing appended
+    assert np.asarray(state.protagonist_buffer.data.obs).shape[-1] == obs_dim
+    assert np.asarray(state.adversary_buffer.data.obs).shape[-1] == obs_dim
+    assert float(state.adversary.log_alpha[0]) != pytest.approx(np.log(0.005), abs=1e-6)  # tuned
+    assert np.isfinite(np.asarray(metrics["adversary_alpha"])).all()
+    assert int(state.adversary.actor_updates[0]) == expected_updates(2, 5, 20, 3, 100)  # from the critic's start
+
+
+def test_adversary_off_is_sac_without_a_temperature_feature():
     state, metrics = tiny_run(("--adversary", "off"))
     assert int(state.adversary_buffer.size[0]) == 0
-    size = int(state.protagonist_buffer.size[0])
-    assert size == 200 and np.all(np.asarray(state.protagonist_buffer.data.obs)[0, :size, -1] == 0)
+    assert int(state.protagonist_buffer.size[0]) == 200
+    assert np.asarray(state.protagonist_buffer.data.obs).shape[-1] == 3
     assert np.isnan(np.asarray(metrics["adversary_phase_return"])).all()
+
+
+def test_grid_models_are_each_axis_alone_at_nominal_and_the_joint_grid():
+    uset = envs.uncertainty_set("pendulum-2d")
+    lines, grid = qarl.grid_models(uset, 11)
+    assert lines.shape == (2, 11, 2) and grid.shape == (11, 11, 2)
+    np.testing.assert_allclose(lines[0, :, 0], np.linspace(uset.low[0], uset.high[0], 11), rtol=1e-6)
+    np.testing.assert_allclose(lines[0, :, 1], uset.nominal[1])  # the other axis at its nominal value
+    np.testing.assert_allclose(lines[1, :, 0], uset.nominal[0])
+    np.testing.assert_allclose(lines[1, :, 1], np.linspace(uset.low[1], uset.high[1], 11), rtol=1e-6)
 
 
 # Runs of the classic presets; the brax presets are built (env, adversary, grid set, sizes) without
 # compiling: a brax QARL program takes ~1.5 min to compile on 2 CPU cores, beyond CI's 30-minute budget.
-# `python algorithms/qarl.py --preset brax-hopper --total-timesteps 20 --phase-steps 10 --num-envs 2` ran.
 @pytest.mark.parametrize("preset", ["pendulum", "cartpole"])
 def test_preset_runs(preset, tmp_path):
     flags = ["--preset", preset, *TINY, "--run-dir", str(tmp_path)]
-    if preset.startswith("brax"):
-        flags += ["--phase-steps", "10", "--num-envs", "2", "--total-timesteps", "20", "--learning-starts", "20"]
     summary = qarl.main(flags)
     for name in ("config.json", "progress.csv", "metrics_seed0.csv", "curve.png", "checkpoint.msgpack",
                  "grid.csv", "grid.png", "summary.json"):
         assert (tmp_path / name).exists(), name
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["grid_worst"] == summary["grid_worst"] and len(written["grid_average"]) == 1
+    assert np.asarray(written["grid_axis_returns"]).shape == (1, 2, 2)  # seeds x axes x values
+    for name in ("final_return", "return_vs_adversary", "final_return_deterministic"):
+        assert np.isfinite(written[name]).all(), name
     rows = (tmp_path / "grid.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 ** 2  # header + the 2x2 grid
 
@@ -140,7 +227,7 @@ def test_every_preset_builds(preset):
     config = runlog.parse_config(qarl.Config, qarl.PRESETS, ["--preset", preset])
     train = qarl.make_train(config)
     uset, _ = qarl.make_grid_evaluation(config)
-    assert callable(train) and uset.env_id == config.env_id and uset.dim == 2
+    assert callable(train) and uset.env_id == config.env_id and uset.dim >= 1
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -149,6 +236,7 @@ def test_every_preset_builds(preset):
     (["--grid-set", "pendulum-9d"], "No uncertainty set"),
     (["--total-timesteps", "100"], "--total-timesteps"),
     (["--max-force", "-1"], "max_force"),
+    (["--update-every", "0"], "update_every"),
 ])
 def test_bad_input_fails_before_compiling_with_the_fix(flags, message):
     config = runlog.parse_config(qarl.Config, qarl.PRESETS, flags)
@@ -157,24 +245,41 @@ def test_bad_input_fails_before_compiling_with_the_fix(flags, message):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Learning: robustness against plain SAC on the pendulum preset
+# Learning: absolute floors against a do-nothing policy, and robustness against plain SAC, on the pendulum preset
+
+
+def do_nothing_return(num_episodes=64):
+    """Pendulum-v1's mean return under zero torque (the protagonist's floor)."""
+    env, params = envs.make("Pendulum-v1")
+
+    def episode(key):
+        key_reset, key_steps = jax.random.split(key)
+        obs, state = env.reset(key_reset, params)
+
+        def step(carry, key):
+            state, total = carry
+            _, state, reward, _, _ = env.step(key, state, jnp.zeros(1), params)[:5]
+            return (state, total + reward), None
+
+        (_, total), _ = jax.lax.scan(step, (state, 0.0), jax.random.split(key_steps, 200))
+        return total
+
+    return float(jax.vmap(episode)(jax.random.split(jax.random.PRNGKey(0), num_episodes)).mean())
 
 
 @pytest.mark.slow
-def test_qarl_is_about_as_robust_as_sac_on_the_pendulum_grid(tmp_path):
-    """The pendulum preset (5e4 protagonist steps), QARL against plain SAC with the same protagonist steps and
-    updates, 2 seeds in CI (its 30-minute budget). Measured on the 2-core CPU with these 2 seeds: nominal
-    -137, -133 (QARL) vs -134, -134 (SAC); grid worst -1314, -1320 vs -1186, -1267. With 4 seeds: nominal
-    -155 vs -149, worst -1208 vs -1337. With 8 seeds and 32 evaluation episodes: nominal -184 vs -140 (one
-    QARL seed at -421), worst -1359 vs -1299, single seeds' worst cases spread over -1060 .. -1855.
-    So at CPU scale the issue's nominal claim (within 10% of SAC) holds for most seeds, and the worst cases
-    are within seed noise: the grid's worst models (heavy, short pendulums) are ones no policy here swings up.
-    This test asserts that much: QARL's nominal return within 10% of SAC's, and its worst case within 150 of
-    SAC's (about the seed spread). The issue's "worst case >= SAC's" is left to a GPU-scale brax run."""
+def test_qarl_learns_the_pendulum_and_is_about_as_robust_as_sac(tmp_path):
+    """The pendulum preset (50 iterations, 5e4 protagonist steps), QARL against plain SAC with the same
+    protagonist steps and updates, 2 seeds (CI's 30-minute budget). Floors: both beat the do-nothing policy
+    (zero torque, about -1200 on 200-step episodes) by 600 in the final evaluation (20 stochastic episodes,
+    no adversary); QARL's nominal return within 10% of SAC's; QARL's grid worst case within 150 of SAC's."""
+    floor = do_nothing_return()
     results = {}
     for adversary in ("on", "off"):
         results[adversary] = qarl.main(["--num-seeds", "2", "--adversary", adversary, "--quiet",
                                         "--run-dir", str(tmp_path / adversary)])
+    for adversary, result in results.items():
+        assert min(result["final_return"]) >= floor + 600, (adversary, result["final_return"], floor)
     qarl_nominal, sac_nominal = np.mean(results["on"]["final_return"]), np.mean(results["off"]["final_return"])
     assert qarl_nominal >= sac_nominal - 0.1 * abs(sac_nominal), (qarl_nominal, sac_nominal)
     qarl_worst, sac_worst = np.mean(results["on"]["grid_worst"]), np.mean(results["off"]["grid_worst"])
