@@ -435,6 +435,19 @@ def should_stop(worst_value, robust_q, epsilon: float):
     return jnp.abs(worst_value - robust_q) <= epsilon
 
 
+def critic_targets(batch: Transition, next_soft_q_min, next_log_prob, next_plain_q, alpha, gamma: float,
+                   reward_scale: float):
+    """The soft (SAC) and unregularized targets of a batch, from the critics at batch.next_obs (the true next
+    observation: the final one where an episode ended). At a time limit they bootstrap; only termination cuts:
+        soft:  r + γ (1 - term) (min_i Q_i(s', a') - α log π(a'|s')),   a' ~ π(·|s')
+        plain: r + γ (1 - term) Q(s', tanh(μ(s')))"""
+    not_done = 1.0 - batch.terminated.astype(jnp.float32)
+    reward = reward_scale * batch.reward
+    soft_target = reward + gamma * not_done * (next_soft_q_min - alpha * next_log_prob)
+    plain_target = reward + gamma * not_done * next_plain_q
+    return soft_target, plain_target
+
+
 def search_steps(config: Config, episode_steps: int) -> int:
     """Steps of a search episode: config.search_horizon, or the smallest H with γ^H <= 0.01 and at least the env's
     time limit. The robust Q bootstraps at time limits, so it estimates Σ_t γ^t r_t without one: a rollout cut at
@@ -476,16 +489,14 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
         key_next, key_actor = jax.random.split(key)
         obs, next_obs = normalize(state.obs_stats, batch.obs), normalize(state.obs_stats, batch.next_obs)
         alpha = jnp.exp(state.log_alpha)
-        not_done = 1.0 - batch.terminated.astype(jnp.float32)
-        reward = config.reward_scale * batch.reward
 
         # CRITIC TARGETS: soft (SAC) and unregularized (greedy action, no entropy term) Q
         next_action, next_log_prob = sample_action(state.actor, next_obs, key_next)
         next_soft_q, _, _ = critic_net.apply(state.target_critic, next_obs, next_action)
-        soft_target = reward + config.gamma * not_done * (next_soft_q.min(0) - alpha * next_log_prob)
         greedy_next = jnp.tanh(actor_net.apply(state.actor, next_obs)[0])
         _, next_plain_q, _ = critic_net.apply(state.target_critic, next_obs, greedy_next)
-        plain_target = reward + config.gamma * not_done * next_plain_q
+        soft_target, plain_target = critic_targets(batch, next_soft_q.min(0), next_log_prob, next_plain_q, alpha,
+                                                   config.gamma, config.reward_scale)
 
         # UPDATE CRITIC HEADS: squared TD errors, and the L1 loss of the dynamics predictor
         def critic_loss_fn(params):
