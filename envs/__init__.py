@@ -1,7 +1,7 @@
 """The environment layer: one API for gymnax and brax, and the wrappers every algorithm uses.
 
     import envs
-    env, env_params = envs.make("CartPole-v1")          # or "Breakout-MinAtar", "brax/hopper", ...
+    env, env_params = envs.make("CartPole-v1")          # or "Breakout-MinAtar", "brax/hopper", "dmc/CheetahRun"
     env = envs.EpisodeStatistics(envs.FlattenObservation(env))
 
 Robust RL (envs/robust.py, envs/adversary.py): physical parameters in the env params, uncertainty sets,
@@ -42,6 +42,7 @@ from envs.wrappers import (
     StickyActions,
     Wrapper,
     mean_over_finished,
+    reset_where,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "nominal_dynamics",
     "require_continuous_actions",
     "require_discrete_actions",
+    "reset_where",
     "uncertainty_set",
     "with_dynamics",
 ]

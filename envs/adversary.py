@@ -10,7 +10,7 @@
 The adversary's action has `env.adversary_action_dim` = 2 entries per body: the world x and z components
 of a force at the body's center of mass, clipped to [-max_force, max_force] (QARL applies forces in the
 plane of motion). brax: generalized backend (joint torques J^T F through the body's ancestor joints) or
-mjx (`xfrc_applied`). gymnax Pendulum-v1 and CartPole-v1: the same force on the pole's center of mass
+mjx (`xfrc_applied`); dmc ids: MuJoCo's `xfrc_applied`, as the authors' code sets it. gymnax Pendulum-v1 and CartPole-v1: the same force on the pole's center of mass
 (CartPole also on the cart), entering their equations of motion as generalized forces. A zero
 adversary action gives exactly the plain env.
 """
@@ -35,6 +35,12 @@ DEFAULT_ADVERSARY = {
     "brax/hopper": (("foot",), 1.0),
     "brax/halfcheetah": (("torso", "bfoot", "ffoot"), 1.0),
     "brax/walker2d": (("foot", "foot_left"), 1.0),
+    # dm_control tasks, as in the authors' dm_control_extensions/suite/*_two_players.py
+    **{f"dmc/Cartpole{task}": (("pole_1",), 2.0) for task in ("Balance", "BalanceSparse", "Swingup", "SwingupSparse")},
+    "dmc/PendulumSwingup": (("pole",), 1.0),
+    "dmc/CheetahRun": (("torso", "bfoot", "ffoot"), 1.0),
+    **{f"dmc/Hopper{task}": (("foot",), 1.0) for task in ("Hop", "Stand")},
+    **{f"dmc/Walker{task}": (("right_foot", "left_foot"), 1.0) for task in ("Walk", "Run", "Stand")},
 }
 
 
@@ -172,9 +178,15 @@ class AdversarialForces(Wrapper):
                 )
             self._link_index = jnp.array([_brax_link_index(env, body) for body in bodies])
             self._num_links = env.brax_env.sys.num_links()
+        elif hasattr(env, "pg_env"):
+            unknown = [body for body in bodies if body not in env.body_names[1:]]
+            if unknown:
+                raise ValueError(f"{name!r} has no body {unknown[0]!r}; its bodies: {', '.join(env.body_names[1:])}.")
+            self._body_index = jnp.array([env.body_names.index(body) for body in bodies])
+            self._num_bodies = len(env.body_names)
         else:
             raise ValueError(
-                f"Adversarial forces exist for Pendulum-v1, CartPole-v1 and brax envs, not {name!r}."
+                f"Adversarial forces exist for Pendulum-v1, CartPole-v1, brax and dmc envs, not {name!r}."
             )
         super().__init__(env)
         self.bodies = bodies
@@ -196,6 +208,10 @@ class AdversarialForces(Wrapper):
         if hasattr(self._env, "brax_env"):
             world = jnp.zeros((self._num_links, 3), jnp.float32)
             world = world.at[self._link_index, 0].add(forces[:, 0]).at[self._link_index, 2].add(forces[:, 1])
+            out = self._env.step(key, state, protagonist_action, params.replace(external_force=world))
+        elif hasattr(self._env, "pg_env"):
+            world = jnp.zeros((self._num_bodies, 3), jnp.float32)
+            world = world.at[self._body_index, 0].add(forces[:, 0]).at[self._body_index, 2].add(forces[:, 1])
             out = self._env.step(key, state, protagonist_action, params.replace(external_force=world))
         else:
             out = self._env.step(key, state, (protagonist_action, forces), params)

@@ -44,6 +44,37 @@ BRAX_ENV_NAMES = (
     "walker2d",
 )
 
+DMC_PREFIX = "dmc/"
+# MuJoCo Playground's DeepMind Control Suite tasks (playground 0.2: registry.dm_control_suite.ALL_ENVS); listed
+# here so that an unknown id is caught without importing Playground (a test checks the list against it).
+DMC_ENV_NAMES = (
+    "AcrobotSwingup",
+    "AcrobotSwingupSparse",
+    "BallInCup",
+    "CartpoleBalance",
+    "CartpoleBalanceSparse",
+    "CartpoleSwingup",
+    "CartpoleSwingupSparse",
+    "CheetahRun",
+    "FingerSpin",
+    "FingerTurnEasy",
+    "FingerTurnHard",
+    "FishSwim",
+    "HopperHop",
+    "HopperStand",
+    "HumanoidRun",
+    "HumanoidStand",
+    "HumanoidWalk",
+    "PendulumSwingup",
+    "PointMass",
+    "ReacherEasy",
+    "ReacherHard",
+    "SwimmerSwimmer6",
+    "WalkerRun",
+    "WalkerStand",
+    "WalkerWalk",
+)
+
 MINATAR_SUFFIX = "-MinAtar"
 # Original MinAtar Freeway: a 2500-frame timer, counted down once per step, ends the game when it drops below
 # zero (minatar/environments/freeway.py: `terminate_timer -= 1; if terminate_timer < 0: terminal = True`).
@@ -54,10 +85,10 @@ LOCAL_ENV_IDS = ("RandomWalk-v0",)
 
 
 def known_env_ids() -> list[str]:
-    """Every id `make` accepts: gymnax's registered ids, `brax/<name>`, this package's own (RandomWalk-v0 and
-    the combination locks); any of them may also take a `/horizon<H>` suffix."""
-    return (list(gymnax.registered_envs) + [BRAX_PREFIX + name for name in BRAX_ENV_NAMES] + list(LOCAL_ENV_IDS)
-            + lock_ids())
+    """Every id `make` accepts: gymnax's registered ids, `brax/<name>`, `dmc/<name>`, this package's own
+    (RandomWalk-v0 and the combination locks); any of them may also take a `/horizon<H>` suffix."""
+    return (list(gymnax.registered_envs) + [BRAX_PREFIX + name for name in BRAX_ENV_NAMES]
+            + [DMC_PREFIX + name for name in DMC_ENV_NAMES] + list(LOCAL_ENV_IDS) + lock_ids())
 
 
 def split_horizon(env_id: str) -> tuple[str, int | None]:
@@ -93,6 +124,8 @@ def make(env_id: str, *, time_limit: bool = True, **kwargs):
     gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, `Catch-bsuite`, ...) pass `kwargs` to gymnax.
     brax ids (`brax/hopper`, ...) take `backend` (`generalized` default, `mjx`, `positional`, `spring`),
     `episode_length` (1000 default) and any keyword of the brax environment's constructor.
+    dmc ids (`dmc/CheetahRun`, ...: MuJoCo Playground's DeepMind Control Suite, envs/dmc_adapter.py) take
+    `episode_length` (1000 default), `impl` (`jax` default, or `warp`) and keys of Playground's env config.
     `RandomWalk-v0` (envs/random_walk.py) takes `num_states` (19 default).
     `CombinationLock-H<n>` takes `num_actions`. A `/horizon<H>` suffix caps episodes at H steps.
     `time_limit=False` (MinAtar ids only) lifts gymnax's episode cap, as the original MinAtar: episodes end
@@ -122,4 +155,8 @@ def make(env_id: str, *, time_limit: bool = True, **kwargs):
         from envs.brax_adapter import make_brax  # brax is heavy: import it only when asked for
 
         return make_brax(env_id[len(BRAX_PREFIX):], **kwargs)
+    if env_id.startswith(DMC_PREFIX):
+        from envs.dmc_adapter import make_dmc  # Playground (and MJX) likewise
+
+        return make_dmc(env_id[len(DMC_PREFIX):], **kwargs)
     return gymnax.make(env_id, **kwargs)

@@ -19,6 +19,10 @@ Parameters live in the env params, so every env of a vmapped batch can have its 
   nothing below the feet's own value (hopper foot 2.0); scaling keeps each contact's ratio to the floor
   and makes the nominal value reproduce the unmodified model exactly. Setting a mass changes only the
   mass (not the rotational inertia), as the reference papers do with MuJoCo's `body_mass`.
+- dmc envs (MuJoCo Playground): `<body>_mass` for every named body (absolute, kg) and `friction`, with QARL's
+  authors' meaning: every geom's sliding friction is set to the value. Its nominal value is the floor's,
+  which is each contact's max in the unmodified models (cheetah's body geoms have 0.4 against the
+  ground's 1.0), so the nominal value simulates the unmodified contacts.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from flax import struct
 from gymnax.environments.classic_control.cartpole import CartPole
 from gymnax.environments.classic_control.pendulum import Pendulum
 
-from envs.wrappers import Wrapper
+from envs.wrappers import Wrapper, reset_where
 
 # ---------------------------------------------------------------------------------------------------
 # Physical parameters of one env
@@ -78,6 +82,21 @@ def _brax_mass_links(env) -> dict[str, int]:
     return names
 
 
+def _is_dmc(env) -> bool:
+    return hasattr(env, "pg_env")
+
+
+def _dmc_mass_bodies(env) -> dict[str, int]:
+    """Parameter name -> MuJoCo body index, for the dmc env's named bodies (not the world)."""
+    return {f"{name}_mass": index for index, name in enumerate(env.body_names) if index > 0 and name}
+
+
+def _dmc_floor_friction(env) -> float:
+    model = env.pg_env.mj_model
+    world_geoms = np.flatnonzero(np.asarray(model.geom_bodyid) == 0)
+    return float(model.geom_friction[world_geoms[0], 0])
+
+
 def _brax_floor_friction(env) -> float:
     sys = env.brax_env.sys
     world_geoms = np.flatnonzero(np.asarray(sys.geom_bodyid) == 0)
@@ -99,9 +118,14 @@ def nominal_dynamics(env) -> dict[str, float]:
         values = {name: float(masses[index]) for name, index in _brax_mass_links(env).items()}
         values["friction"] = _brax_floor_friction(env)
         return values
+    if _is_dmc(env):
+        masses = np.asarray(env.pg_env.mj_model.body_mass)
+        values = {name: float(masses[index]) for name, index in _dmc_mass_bodies(env).items()}
+        values["friction"] = _dmc_floor_friction(env)
+        return values
     raise ValueError(
         f"{getattr(env, 'name', type(env).__name__)!r} has no physical parameters here. Environments with "
-        f"parameters: Pendulum-v1, CartPole-v1 and the brax ids (brax/hopper, brax/halfcheetah, ...)."
+        f"parameters: Pendulum-v1, CartPole-v1, the brax ids (brax/hopper, ...) and the dmc ids (dmc/CheetahRun, ...)."
     )
 
 
@@ -139,6 +163,18 @@ def with_dynamics(env, params, values: Mapping[str, Any]):
             masspole=pole_mass, length=pole_length, masscart=cart_mass,
             total_mass=cart_mass + pole_mass, polemass_length=pole_mass * pole_length,
         )
+    if _is_dmc(env):  # full per-body mass and per-geom friction arrays (see DmcParams)
+        body_mass = params.body_mass
+        mass_bodies = _dmc_mass_bodies(env)
+        for name, value in values.items():
+            if name in mass_bodies:
+                if body_mass is None:
+                    body_mass = env.pg_env.mj_model.body_mass
+                body_mass = jnp.asarray(body_mass, jnp.float32).at[mass_bodies[name]].set(value)
+        geom_friction = params.geom_friction
+        if "friction" in values:  # QARL's meaning: every geom's sliding friction is set to the value
+            geom_friction = jnp.full(env.pg_env.mj_model.ngeom, values["friction"], jnp.float32)
+        return params.replace(body_mass=body_mass, geom_friction=geom_friction)
     # brax: full per-link mass and per-geom friction arrays (see BraxParams).
     sys = env.brax_env.sys
     link_mass, geom_friction = params.link_mass, params.geom_friction
@@ -210,10 +246,12 @@ class UncertaintySet:
         flat = values.reshape(-1, self.dim)
         for i, (name, lo, hi) in enumerate(zip(self.names, self.low, self.high)):
             slack = 1e-6 * max(abs(lo), abs(hi))  # float32 round-off at the ends
-            bad = flat[(flat[:, i] < lo - slack) | (flat[:, i] > hi + slack), i]
+            nominal = np.isclose(flat[:, i], self.nominal[i], rtol=1e-6, atol=0.0)
+            bad = flat[((flat[:, i] < lo - slack) | (flat[:, i] > hi + slack)) & ~nominal, i]
             if bad.size:
                 raise ValueError(
-                    f"{name}={bad[0]:g} is outside {self.name}'s range [{lo:g}, {hi:g}]. Pick a value inside "
+                    f"{name}={bad[0]:g} is outside {self.name}'s range [{lo:g}, {hi:g}] (nominal "
+                    f"{self.nominal[i]:g}). Pick a value inside "
                     f"(clip normalized points to [0, 1]), or use with_dynamics directly for other values."
                 )
 
@@ -258,6 +296,15 @@ _QARL_SETS = {
     "hopper-qarl": ("brax/hopper", {"torso_mass": (1.0, 9.0), "friction": (0.1, 1.9)}),
     "halfcheetah-qarl": ("brax/halfcheetah", {"torso_mass": (3.0, 9.0), "friction": (0.1, 1.9)}),
     "walker-qarl": ("brax/walker2d", {"torso_mass": (5.0, 15.0), "friction": (0.1, 1.3)}),
+    # The authors' grids on their dm_control tasks (abstract_experiment.py, *_two_players.py): absolute values.
+    # Their pendulum is their own model (a 0.1 kg pole body and a 1 kg tip body, grid 0.05-0.15 x 0.5-1.5);
+    # dm_control's (Playground's) has one 1 kg body, the pole with its tip: their tip axis is the set here.
+    "dmc-cartpole-balance-qarl": ("dmc/CartpoleBalance", {"pole_1_mass": (1.0, 20.0), "cart_mass": (0.5, 1.5)}),
+    "dmc-cartpole-swingup-qarl": ("dmc/CartpoleSwingup", {"pole_1_mass": (0.05, 0.15), "cart_mass": (0.5, 1.5)}),
+    "dmc-pendulum-qarl": ("dmc/PendulumSwingup", {"pole_mass": (0.5, 1.5)}),
+    "dmc-cheetah-qarl": ("dmc/CheetahRun", {"torso_mass": (3.0, 9.0), "friction": (0.1, 1.9)}),
+    "dmc-hopper-qarl": ("dmc/HopperHop", {"torso_mass": (1.0, 9.0), "friction": (0.1, 1.9)}),
+    "dmc-walker-qarl": ("dmc/WalkerWalk", {"torso_mass": (5.0, 15.0), "friction": (0.1, 1.3)}),
 }
 # The unmodified models' values (checked against the envs by the tests).
 NOMINAL = {
@@ -268,6 +315,12 @@ NOMINAL = {
     "brax/walker2d": {"friction": 0.7, "torso_mass": 3.665191, "thigh_mass": 4.057890},
     "brax/ant": {"torso_mass": 0.483880, "front_left_leg_mass": 0.039158, "front_left_ankle_mass": 0.067592},
     "brax/inverted_pendulum": {"pole_mass": 5.018591, "cart_mass": 10.471975},
+    "dmc/CartpoleBalance": {"pole_1_mass": 0.1, "cart_mass": 1.0},
+    "dmc/CartpoleSwingup": {"pole_1_mass": 0.1, "cart_mass": 1.0},
+    "dmc/PendulumSwingup": {"pole_mass": 1.0},
+    "dmc/CheetahRun": {"torso_mass": 6.250209, "friction": 1.0},
+    "dmc/HopperHop": {"torso_mass": 4.828384, "friction": 1.0},
+    "dmc/WalkerWalk": {"torso_mass": 10.673037, "friction": 0.7},
 }
 
 
@@ -351,13 +404,10 @@ class DomainRandomization(Wrapper):
         obs, env_state, reward, terminated, truncated, info = self._env.step(
             key_step, state.env_state, action, self._params(params, state.dynamics)
         )
-        reset_obs, reset_state = self.reset(key_reset, params)
         done = jnp.logical_or(terminated, truncated)
-        next_state = jax.tree.map(
-            lambda fresh, current: jnp.where(done, fresh, current),
-            reset_state, DomainRandomizationState(env_state, state.dynamics),
+        obs, next_state = reset_where(
+            done, self.reset, key_reset, params, (obs, DomainRandomizationState(env_state, state.dynamics))
         )
-        obs = jax.tree.map(lambda fresh, current: jnp.where(done, fresh, current), reset_obs, obs)
         return obs, next_state, reward, terminated, truncated, {**info, "dynamics": state.dynamics}
 
 

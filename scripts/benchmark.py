@@ -5,12 +5,17 @@
     python scripts/benchmark.py pqn --preset minatar --total-timesteps 1000000
     python scripts/benchmark.py sqirl --preset cartpole
     python scripts/benchmark.py pqn --num-seeds 4 --devices 1,2,4   # the same run sharded over 1, 2, 4 devices
+    python scripts/benchmark.py --env dmc/CartpoleBalance,dmc/CheetahRun --num-envs 128   # environments alone
 
 Reports compile seconds, training env steps/s (all seeds together, compile excluded), peak memory, and,
 measured in the same process, the throughput of a uniformly random policy on the same environment with
 the same number of parallel envs (times seeds), and the ratio training / random. Machines are shared and
 noisy: compare ratios and side-by-side figures, not absolute times across runs. Extra flags after the
 algorithm name go to the algorithm's own CLI (e.g. `--num-envs 64`).
+
+`--env ID[,ID...]` measures environments alone: a uniformly random policy on `--num-envs` vmapped envs for
+`--num-steps` steps, with compile seconds; for `dmc/` ids also MuJoCo Playground's raw env in the same process
+(no auto-reset, no time limit), so the adapter's cost shows as a ratio.
 
 `--devices 1,2,4` runs the benchmark once per device count, each in a fresh process whose seeds are sharded
 over that many devices (on a CPU, forced with XLA_FLAGS=--xla_force_host_platform_device_count=N), one after
@@ -34,8 +39,10 @@ import jax.numpy as jnp
 import runlog
 
 
-def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: int, seed: int = 0) -> float:
-    """Env steps/s of a uniformly random policy on `num_envs` vmapped envs (compile excluded)."""
+def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: int, seed: int = 0,
+                                   with_compile: bool = False):
+    """Env steps/s of a uniformly random policy on `num_envs` vmapped envs (compile excluded); with
+    `with_compile`, the pair (steps/s, compile seconds)."""
     action_space = env.action_space(env_params)
     reset = jax.vmap(env.reset, in_axes=(0, None))
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
@@ -54,18 +61,71 @@ def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: in
         (_, total), _ = jax.lax.scan(body, (state, jnp.float32(0)), jax.random.split(key_steps, num_steps))
         return total
 
-    _, _, seconds = runlog.compile_and_run(rollout, jax.random.PRNGKey(seed))
-    return num_envs * num_steps / seconds
+    _, compile_seconds, seconds = runlog.compile_and_run(rollout, jax.random.PRNGKey(seed))
+    return (num_envs * num_steps / seconds, compile_seconds) if with_compile else num_envs * num_steps / seconds
+
+
+def raw_playground_steps_per_second(pg_env, num_envs: int, num_steps: int, seed: int = 0):
+    """The same measurement on a raw MuJoCo Playground env (its own reset/step; no auto-reset or time limit)."""
+
+    def rollout(key):
+        state = jax.vmap(pg_env.reset)(jax.random.split(key, num_envs))
+
+        def body(carry, key):
+            state, total = carry
+            actions = jax.random.uniform(key, (num_envs, pg_env.action_size), minval=-1.0, maxval=1.0)
+            state = jax.vmap(pg_env.step)(state, actions)
+            return (state, total + state.reward.sum()), None
+
+        (_, total), _ = jax.lax.scan(body, (state, jnp.float32(0)), jax.random.split(key, num_steps))
+        return total
+
+    _, compile_seconds, seconds = runlog.compile_and_run(rollout, jax.random.PRNGKey(seed))
+    return num_envs * num_steps / seconds, compile_seconds
+
+
+def benchmark_envs(env_ids: list[str], num_envs: int, num_steps: int, make_kwargs: dict) -> None:
+    """Random-policy throughput and compile time of each env id; print a JSON list."""
+    import envs
+
+    for env_id in env_ids:
+        envs.check_env_id(env_id)
+    results = []
+    for env_id in env_ids:
+        t0 = time.perf_counter()
+        env, env_params = envs.make(env_id, **make_kwargs)
+        make_seconds = time.perf_counter() - t0
+        steps, compile_seconds = random_policy_steps_per_second(env, env_params, num_envs, num_steps,
+                                                                with_compile=True)
+        result = {"env_id": env_id, "num_envs": num_envs, "num_steps": num_steps, "make_seconds": round(make_seconds, 2),
+                  "compile_seconds": round(compile_seconds, 2), "random_policy_env_steps_per_second": round(steps)}
+        if hasattr(env, "pg_env"):
+            raw, raw_compile = raw_playground_steps_per_second(env.pg_env, num_envs, num_steps)
+            result.update(raw_playground_env_steps_per_second=round(raw), raw_compile_seconds=round(raw_compile, 2),
+                          adapter_over_raw=round(steps / raw, 3))
+        results.append(result)
+        print(json.dumps(result), file=sys.stderr, flush=True)
+    print(json.dumps({"backend": jax.default_backend(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
+                      "results": results}, indent=2))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("algorithm", help="file name in algorithms/ without .py, e.g. pqn")
+    parser.add_argument("algorithm", nargs="?", help="file name in algorithms/ without .py, e.g. pqn")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--num-seeds", type=int, default=1)
     parser.add_argument("--total-timesteps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--devices", default=None, help="e.g. 1,2,4: one benchmark per device count, side by side")
+    parser.add_argument("--env", default=None, help="e.g. dmc/CheetahRun,CartPole-v1: environments alone")
+    parser.add_argument("--num-envs", type=int, default=128, help="with --env: parallel envs")
+    parser.add_argument("--num-steps", type=int, default=200, help="with --env: steps per env")
+    parser.add_argument("--impl", default=None, help="with --env and dmc ids: MJX implementation (jax, warp)")
     args, extra = parser.parse_known_args()
+    if args.env:
+        return benchmark_envs(args.env.split(","), args.num_envs, args.num_steps,
+                              {"impl": args.impl} if args.impl else {})
+    if not args.algorithm:
+        parser.error("name an algorithm (e.g. pqn), or pass --env ID to measure environments alone")
     if args.devices:
         return compare_device_counts([int(n) for n in args.devices.split(",")])
 
