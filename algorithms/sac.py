@@ -71,10 +71,11 @@ class Config:
     """SAC hyperparameters. Every field is a command-line flag (`--batch-size 512`)."""
 
     preset: Literal["pendulum", "mountaincar", "brax-inverted-pendulum", "brax-hopper", "brax-walker2d",
-                    "brax-halfcheetah", "brax-ant"] = "pendulum"
+                    "brax-halfcheetah", "brax-ant", "dmc-cheetah"] = "pendulum"
     """Named settings; other flags override them."""
     env_id: str = "Pendulum-v1"
-    """Environment id: a continuous-action gymnax id (Pendulum-v1, MountainCarContinuous-v0) or brax/<name>."""
+    """Environment id: a continuous-action gymnax id (Pendulum-v1, MountainCarContinuous-v0), brax/<name> or
+    dmc/<Task> (dmc/CheetahRun, ...)."""
     seed: int = 0
     """Base seed; run i uses fold_in(PRNGKey(seed), i), so run 0 is the same whatever --num-seeds."""
     num_seeds: int = 1
@@ -155,6 +156,11 @@ SWEEPABLE = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "gamma", "tau", 
 # reward scale 1) with hopper's parallelism, replay, evaluation and brax's H_target.
 # brax-inverted-pendulum: the setting measured against brax's own SAC (scripts/compare_brax_sac.py: 64 envs, batch
 # 256, 0.5 updates per env step, brax's H_target); its budget and warm-up are this collection's, for a CPU.
+# dmc-cheetah: MuJoCo Playground's tuned brax SAC config for the DeepMind Control Suite (mujoco_playground/config/
+# dm_control_suite_params.py, brax_sac_config, 0.2.0): num_timesteps 10M for CheetahRun, num_envs 128, batch_size
+# 512, learning_rate 1e-3, grad_updates_per_step 8 per 128 env steps (1/16 per env step), discounting 0.99,
+# reward_scaling 1, normalize_observations, min_replay_size 8192, max_replay_size 4 * 1048576, num_evals 10; α's
+# rate and H_target as in brax's SAC above. Its critics' LayerNorm (q_network_layer_norm) is not in this file.
 # What still differs from brax's SAC in these presets is listed in the module docstring.
 _BRAX_SAC = dict(num_envs=128, buffer_size=1_048_576, learning_starts=8_192, normalize_observations=True,
                  target_entropy_per_action_dim=-0.5, num_eval_envs=128, num_evals=20)
@@ -180,6 +186,11 @@ PRESETS = {
     ),
     "brax-ant": Config(
         preset="brax-ant", env_id="brax/ant", total_timesteps=5_000_000, updates_per_env_step=0.5, **_BRAX_SAC,
+    ),
+    "dmc-cheetah": Config(
+        preset="dmc-cheetah", env_id="dmc/CheetahRun", total_timesteps=10_000_000, batch_size=512,
+        updates_per_env_step=1 / 16, actor_lr=1e-3, critic_lr=1e-3,
+        **{**_BRAX_SAC, "buffer_size": 4_194_304, "num_evals": 10},
     ),
 }
 

@@ -83,12 +83,12 @@ class Config:
     """stream-x hyperparameters. Every field is a command-line flag (`--td-lambda 0.9`)."""
 
     preset: Literal["cartpole-q", "minatar-q", "cartpole-ac", "pendulum-ac", "brax-hopper-ac",
-                    "brax-halfcheetah-ac", "td"] = "cartpole-q"
+                    "brax-halfcheetah-ac", "dmc-cheetah-ac", "td"] = "cartpole-q"
     """Named settings; other flags override them."""
     learner: Literal["q", "ac", "td"] = "q"
     """q: stream Q(λ) (discrete actions); ac: stream AC(λ) (discrete or continuous); td: stream TD(λ)."""
     env_id: str = "CartPole-v1"
-    """Environment id: a gymnax id, brax/<name>, or RandomWalk-v0 (the td task with known values)."""
+    """Environment id: a gymnax id, brax/<name>, dmc/<Task>, or RandomWalk-v0 (the td task with known values)."""
     seed: int = 0
     """Base seed; run i uses fold_in(PRNGKey(seed), i), so run 0 is the same whatever --num-seeds."""
     num_seeds: int = 1
@@ -163,10 +163,11 @@ SWEEPABLE = ("lr", "td_lambda", "kappa", "kappa_policy", "entropy_coeff")
 # Where each value comes from (the authors' scripts' defaults at 407dca7, github.com/mohmdelsayed/streaming-drl):
 # α 1, γ 0.99, λ 0.8, κ 2 (value) and 3 (policy), entropy 0.01, ε 1 -> 0.01 over 5% of the steps: every script.
 # cartpole-q: stream_q.py (hidden 32, 500k steps). cartpole-ac: stream_ac_discrete.py (hidden 32, 500k steps).
-# brax-*-ac: stream_ac_continuous.py (hidden 128, 2M steps; MuJoCo there). minatar-q: stream_q_minatar.py, 5M
-# steps and ε over 20% of them (407dca7: "to match the one used to produce the figures"), Conv(16, 3x3) ->
-# 128, no time feature; sticky actions 0.1 and no episode cap are the original MinAtar's (minatar/environment.py,
-# its gymnasium registration has no max_episode_steps). pendulum-ac is ours (Pendulum is not in the paper). td
+# brax-*-ac: stream_ac_continuous.py (hidden 128, 2M steps; MuJoCo there). dmc-cheetah-ac: the same script's
+# values on DMC cheetah run, one of the paper's DMC tasks (the script's default run is 2M steps; the paper's DMC
+# curves run longer). minatar-q: stream_q_minatar.py, 5M steps and ε over 20% of them (407dca7: "to match the
+# one used to produce the figures"), Conv(16, 3x3) -> 128, no time feature; sticky actions 0.1 and no episode
+# cap are the original MinAtar's (minatar/environment.py, its gymnasium registration has no max_episode_steps). pendulum-ac is ours (Pendulum is not in the paper). td
 # stands in for the authors' ETTm2 task (stream_td.py; see the docstring): γ, λ, κ and α are theirs, the random
 # walk, hidden 32 (its 19 one-hot inputs) and 50k steps are ours.
 PRESETS = {
@@ -182,6 +183,8 @@ PRESETS = {
                              total_timesteps=2_000_000, hidden_size=128),
     "brax-halfcheetah-ac": Config(preset="brax-halfcheetah-ac", learner="ac", env_id="brax/halfcheetah",
                                   total_timesteps=2_000_000, hidden_size=128),
+    "dmc-cheetah-ac": Config(preset="dmc-cheetah-ac", learner="ac", env_id="dmc/CheetahRun",
+                             total_timesteps=2_000_000, hidden_size=128),
     "td": Config(preset="td", learner="td", env_id="RandomWalk-v0", total_timesteps=50_000,
                  normalize_observations=False, scale_rewards=False, time_feature=False),
 }

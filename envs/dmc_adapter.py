@@ -67,8 +67,9 @@ class DmcEnv:
         self.name = name
         self.num_actions = int(pg_env.action_size)
         self._default_params = DmcParams(max_steps_in_episode=episode_length)
-        obs = jax.eval_shape(pg_env.reset, jax.random.PRNGKey(0)).obs
-        self._observation_size = int(np.prod(obs.shape))
+        first = jax.eval_shape(pg_env.reset, jax.random.PRNGKey(0))
+        self._observation_size = int(np.prod(first.obs.shape))
+        _register_for_checkpoints(first)
         model = pg_env.mj_model
         import mujoco
 
@@ -128,6 +129,36 @@ class DmcEnv:
         reward = jnp.asarray(stepped.reward, jnp.float32)
         info = {"final_observation": final_obs, "terminated": terminated, "truncated": truncated}
         return obs, next_state, reward, terminated, truncated, info
+
+
+def _register_for_checkpoints(tree) -> None:
+    """Let flax's serialization (runlog's checkpoints) save MJX's state: register every dataclass node type in
+    `tree` that flax does not know (mjx Data, Contact, ...) by its pytree children."""
+    import dataclasses
+
+    from flax import serialization
+
+    def children(node):
+        return jax.tree_util.tree_flatten(node, is_leaf=lambda child: child is not node)
+
+    def to_state(node):
+        return {str(i): serialization.to_state_dict(child) for i, child in enumerate(children(node)[0])}
+
+    def from_state(node, state):
+        kids, treedef = children(node)
+        return treedef.unflatten([serialization.from_state_dict(kid, state[str(i)]) for i, kid in enumerate(kids)])
+
+    def walk(node):
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            if type(node) not in serialization._STATE_DICT_REGISTRY:
+                serialization.register_serialization_state(type(node), to_state, from_state)
+            for kid in children(node)[0]:
+                walk(kid)
+        elif isinstance(node, (dict, list, tuple)):
+            for kid in (node.values() if isinstance(node, dict) else node):
+                walk(kid)
+
+    walk(tree)
 
 
 # Known noise printed while Playground (and Warp, which it imports) loads; anything else still gets through.

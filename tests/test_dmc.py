@@ -248,3 +248,38 @@ def test_reset_where_matches_where_and_skips_the_reset_when_no_env_is_done():
     np.testing.assert_array_equal(per_env(jnp.bool_(True), key[0, 0], params, (1.0, 0.0))[1], key[0, 0] + params)
     jaxpr = str(jax.make_jaxpr(twice(per_env))(done, key, params, current))
     assert "cond[" in jaxpr and "sin" in jaxpr.split("cond[", 1)[1]  # the reset only inside the cond
+
+
+def test_stream_ac_trains_on_a_dmc_id_and_resumes_where_a_whole_run_ends(tmp_path, monkeypatch):
+    """stream AC's checkpoint holds the env state (MJX's Data, registered with flax's serialization by the
+    adapter): a run cut after its first chunk and resumed ends bit for bit where the whole run ends."""
+    import functools
+
+    import runlog
+    from algorithms import stream_x
+
+    flags = ["--preset", "dmc-cheetah-ac", "--env-id", "dmc/CartpoleBalance/horizon10", "--total-timesteps", "40",
+             "--num-log-rows", "2", "--num-checkpoints", "2", "--quiet"]
+    whole = stream_x.main([*flags, "--run-dir", str(tmp_path / "whole")])
+    monkeypatch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=1))
+    with pytest.raises(runlog.RunInterrupted):
+        stream_x.main([*flags, "--run-dir", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    resumed = stream_x.main(["--resume", str(tmp_path / "cut"), "--quiet"])
+    assert np.isfinite(whole["final_return"]).all()
+    for a, b in zip(jax.tree.leaves(runlog.load_checkpoint(tmp_path / "whole" / "checkpoint.msgpack")),
+                    jax.tree.leaves(runlog.load_checkpoint(tmp_path / "cut" / "checkpoint.msgpack")), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed["final_return"] == whole["final_return"]
+
+
+def test_sac_trains_on_a_dmc_id(tmp_path):
+    """SAC's dmc-cheetah preset (Playground's tuned config) at tiny sizes on the fast-compiling cartpole."""
+    from algorithms import sac
+
+    summary = sac.main(["--preset", "dmc-cheetah", "--env-id", "dmc/CartpoleBalance", "--total-timesteps", "256",
+                        "--num-envs", "16", "--learning-starts", "64", "--batch-size", "32", "--hidden-size", "16",
+                        "--updates-per-env-step", "0.125", "--buffer-size", "512", "--num-eval-envs", "2",
+                        "--num-evals", "1", "--quiet", "--run-dir", str(tmp_path)])
+    # Cartpole balance pays at most 1 per step; 1000 steps per evaluation episode.
+    assert 0.0 < float(np.mean(summary["final_return"])) <= 1000.0
