@@ -26,11 +26,13 @@ Choices (the issue and the paper leave them open):
 - log σ is clipped to [-20, 2] (the authors' softlearning code); the tanh log-det uses the stable form
   2 (log 2 - x - softplus(-2x)) (distrax's Tanh bijector).
 - The temperature loss is -α (log π + H_target) with α = exp(log α) (the paper's J(α)); H_target is -|A|
-  (the paper's) unless --target-entropy(-per-action-dim) says otherwise; the brax presets use brax's -0.5 |A|.
+  (the paper's) unless --target-entropy(-per-action-dim) says otherwise; the brax and dmc presets use brax's -0.5 |A|.
 - Replay is a plain ring buffer in this file (20 lines, no extra dependency) rather than flashbax.
 - At a time limit the target bootstraps from the true final observation; rejax / Stoix treat them as terminal.
 
-What still differs from brax's SAC (brax 0.14, brax/training/agents/sac) in the brax presets, and why:
+What still differs from brax's SAC (brax 0.14, brax/training/agents/sac) in the brax presets and the dmc-cheetah
+preset (MuJoCo Playground's brax SAC config, whose critics' LayerNorm after each hidden ReLU is
+--critic-layer-norm here; its num_resets_per_eval has no counterpart, evaluation envs start fresh), and why:
 - Evaluation: brax evaluates a stochastic policy by default (deterministic_eval=False); here tanh(mean), the
   paper's evaluation and what eval_return means in every preset of this collection.
 - Prefill: brax fills min_replay_size with the initial policy's own (stochastic) actions; here
@@ -112,6 +114,8 @@ class Config:
     """Units per hidden layer (actor and critics)."""
     num_layers: int = 2
     """Hidden layers (actor and critics)."""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden ReLU of the critics (brax's q_network_layer_norm, Playground's DMC config)."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this for learning (logged returns stay unscaled)."""
     normalize_observations: bool = False
@@ -159,8 +163,8 @@ SWEEPABLE = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "gamma", "tau", 
 # dmc-cheetah: MuJoCo Playground's tuned brax SAC config for the DeepMind Control Suite (mujoco_playground/config/
 # dm_control_suite_params.py, brax_sac_config, 0.2.0): num_timesteps 10M for CheetahRun, num_envs 128, batch_size
 # 512, learning_rate 1e-3, grad_updates_per_step 8 per 128 env steps (1/16 per env step), discounting 0.99,
-# reward_scaling 1, normalize_observations, min_replay_size 8192, max_replay_size 4 * 1048576, num_evals 10; α's
-# rate and H_target as in brax's SAC above. Its critics' LayerNorm (q_network_layer_norm) is not in this file.
+# reward_scaling 1, normalize_observations, min_replay_size 8192, max_replay_size 4 * 1048576, num_evals 10,
+# q_network_layer_norm (--critic-layer-norm); α's rate, H_target, 256x256 and τ as in brax's SAC above.
 # What still differs from brax's SAC in these presets is listed in the module docstring.
 _BRAX_SAC = dict(num_envs=128, buffer_size=1_048_576, learning_starts=8_192, normalize_observations=True,
                  target_entropy_per_action_dim=-0.5, num_eval_envs=128, num_evals=20)
@@ -189,7 +193,7 @@ PRESETS = {
     ),
     "dmc-cheetah": Config(
         preset="dmc-cheetah", env_id="dmc/CheetahRun", total_timesteps=10_000_000, batch_size=512,
-        updates_per_env_step=1 / 16, actor_lr=1e-3, critic_lr=1e-3,
+        updates_per_env_step=1 / 16, actor_lr=1e-3, critic_lr=1e-3, critic_layer_norm=True,
         **{**_BRAX_SAC, "buffer_size": 4_194_304, "num_evals": 10},
     ),
 }
@@ -289,16 +293,19 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """Q(s, a): an MLP on the concatenated observation and action."""
+    """Q(s, a): an MLP on the concatenated observation and action (optionally LayerNorm after each ReLU)."""
 
     hidden_size: int
     num_layers: int
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         x = jnp.concatenate([obs, action], axis=-1)
         for _ in range(self.num_layers):
             x = nn.relu(nn.Dense(self.hidden_size)(x))
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
         return nn.Dense(1)(x)[..., 0]
 
 
@@ -406,7 +413,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     env, env_params, action_dim, (action_low, action_high) = make_env(config)
     obs_dim = env.observation_space(env_params).shape[0]
     actor = Actor(action_dim, config.hidden_size, config.num_layers)
-    critic = TwinCritic(config.hidden_size, config.num_layers)
+    critic = TwinCritic(config.hidden_size, config.num_layers, config.critic_layer_norm)
     target_entropy = entropy_target(config, action_dim)
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))

@@ -69,11 +69,29 @@ def test_target_entropy_flag_reaches_the_temperature_loss():
     assert learning.any() and not np.array_equal(per_dim[learning], default[learning])
 
 
+def test_critic_layer_norm_reaches_the_critics():
+    """--critic-layer-norm (brax's q_network_layer_norm, in the dmc-cheetah preset) puts a LayerNorm after each
+    hidden ReLU of both critics and changes their losses."""
+    critic = sac.TwinCritic(8, 2, True)
+    params = critic.init(jax.random.PRNGKey(0), jnp.zeros(3), jnp.zeros(1))["params"]
+    assert {"LayerNorm_0", "LayerNorm_1"} <= set(params) and params["LayerNorm_0"]["scale"].shape == (2, 8)
+    assert sac.PRESETS["dmc-cheetah"].critic_layer_norm and not sac.Config().critic_layer_norm
+
+    def critic_losses(flags):
+        config = runlog.parse_config(sac.Config, sac.PRESETS, TINY + flags)
+        _, metrics = jax.jit(sac.make_train(config))(jax.random.PRNGKey(0))
+        return np.asarray(metrics["critic_loss"])
+
+    plain, normed = critic_losses([]), critic_losses(["--critic-layer-norm"])
+    learning = np.isfinite(plain)
+    assert learning.any() and not np.allclose(plain[learning], normed[learning])
+
+
 @pytest.mark.parametrize("preset", list(sac.PRESETS))
 def test_brax_presets_use_brax_target_entropy(preset):
     """brax's sac/losses.py: H_target = -0.5 |A|; the paper's -|A| elsewhere; --target-entropy overrides both."""
     config = sac.PRESETS[preset]
-    expected = -0.5 * 6 if preset.startswith("brax-") else -6.0
+    expected = -0.5 * 6 if preset.startswith(("brax-", "dmc-")) else -6.0
     assert sac.entropy_target(config, 6) == expected
     assert sac.entropy_target(dataclasses.replace(config, target_entropy=-2.0), 6) == -2.0
 
