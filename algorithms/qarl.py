@@ -32,7 +32,7 @@ Run (from the repository root):
     python algorithms/qarl.py                                       # Pendulum-v1, minutes on a CPU
     python algorithms/qarl.py --adversary off                       # the SAC baseline, same budget
     python algorithms/qarl.py --curriculum rarl --num-seeds 4       # the RARL baseline
-    python algorithms/qarl.py --preset brax-hopper                  # a stand-in for the paper's task (GPU)
+    python algorithms/qarl.py --preset dmc-cartpole                 # the paper's cartpole balance (hours on a CPU)
     python algorithms/qarl.py --sweep return_bound=-300,-200,-100   # one vmapped program, one run dir per value
     python algorithms/qarl.py --resume runs/qarl_Pendulum-v1_...    # continue a run from its last checkpoint
 
@@ -54,8 +54,12 @@ the robustness grid without adversary, 1 episode per model (`grid_episodes`): ea
 
 Where this file differs from the authors' code (github AryamanReddi99/quantal-adversarial-rl; see
 ../shared/ALGORITHMS.md):
-- the tasks: gymnax Pendulum (default) and CartPole and brax stand-ins, not their dm_control two-player
-  tasks (the `dmc-*` presets follow the lead's dm_control port when it lands);
+- the tasks: the `dmc-*` presets are their dm_control tasks as MuJoCo Playground ports them (MJX physics with
+  dm_control's models, rewards and control timesteps; envs/dmc_adapter.py), not dm_control on MuJoCo's C
+  engine; their adversary bodies, force bounds and grids are set as in their *_two_players.py. Their pendulum
+  grid is pole mass x bob mass; Playground's pendulum has one body (pole and bob), so dmc-pendulum's grid is
+  that body's mass over their bob axis, 0.5-1.5 (envs/robust.py). The default presets (gymnax Pendulum and
+  CartPole) and the brax ones are stand-ins that are not in the paper;
 - the temperature feature is α_adv / E_0[α_adv] (unit scale), theirs the raw α_adv (~0.05): the networks
   see the same information at the scale of the other inputs;
 - the self-paced return constraint uses self-normalized importance weights; theirs the plain mean of
@@ -107,10 +111,12 @@ class Config:
     """QARL hyperparameters. Every field is a command-line flag (`--curriculum linear`). The defaults are the
     authors' values (main.py, abstract_experiment.py, setup_sac_agent.py); presets shrink them for a CPU."""
 
-    preset: Literal["pendulum", "cartpole", "brax-hopper", "brax-halfcheetah", "brax-walker2d"] = "pendulum"
+    preset: Literal["pendulum", "cartpole", "dmc-cartpole", "dmc-pendulum", "dmc-cheetah", "dmc-hopper", "dmc-walker",
+                    "brax-hopper", "brax-halfcheetah", "brax-walker2d"] = "pendulum"
     """Named settings; other flags override them."""
     env_id: str = "Pendulum-v1"
-    """Pendulum-v1, CartPole-v1 (continuous push) or a brax id with a default adversary (hopper, ...)."""
+    """Pendulum-v1, CartPole-v1 (continuous push), or a dmc or brax id with a default adversary (dmc/CheetahRun,
+    brax/hopper, ...)."""
     seed: int = 0
     """Base seed; run i uses fold_in(PRNGKey(seed), i), so run 0 is the same whatever --num-seeds."""
     num_seeds: int = 1
@@ -222,6 +228,16 @@ PRESETS = {
     "cartpole": Config(preset="cartpole", env_id="CartPole-v1", total_timesteps=100_000, phase_steps=500,
                        hidden_size=64, num_layers=2, actor_lr=3e-4, return_bound=10.0, grid_set="cartpole-2d",
                        curriculum_batch=10, max_force=0.5, num_evals=40),
+    # The paper's dm_control tasks with the authors' values (main.py's horizon 500, 200 iterations, their bounds
+    # and forces; pendulum has no bound of its own in their code, so it keeps their default 10) and grids.
+    "dmc-cartpole": Config(preset="dmc-cartpole", env_id="dmc/CartpoleBalance", return_bound=10.0,
+                           grid_set="dmc-cartpole-balance-qarl"),
+    "dmc-pendulum": Config(preset="dmc-pendulum", env_id="dmc/PendulumSwingup", return_bound=10.0,
+                           grid_set="dmc-pendulum-qarl"),
+    "dmc-cheetah": Config(preset="dmc-cheetah", env_id="dmc/CheetahRun", return_bound=10.0, grid_set="dmc-cheetah-qarl"),
+    "dmc-hopper": Config(preset="dmc-hopper", env_id="dmc/HopperHop", return_bound=1.0, grid_set="dmc-hopper-qarl"),
+    "dmc-walker": Config(preset="dmc-walker", env_id="dmc/WalkerWalk", return_bound=10.0, grid_set="dmc-walker-qarl"),
+    # brax stand-ins (gym-style: healthy bonus and termination; see the docstring).
     "brax-hopper": Config(preset="brax-hopper", env_id="brax/hopper", return_bound=1.0, grid_set="hopper-qarl"),
     "brax-halfcheetah": Config(preset="brax-halfcheetah", env_id="brax/halfcheetah", return_bound=10.0,
                                grid_set="halfcheetah-qarl"),
@@ -480,6 +496,13 @@ class RunState(NamedTuple):
     steps: jax.Array  # env transitions so far, both phases
 
 
+def critic_targets(reward, terminated, next_q_min, next_entropy_term, gamma):
+    """y = r + γ (1 - term) [min_i Q̄_i(s', a') - α' log π(a'|s')], s' the true next state: at the horizon (a
+    time limit) s' is the final observation and the target bootstraps; only termination cuts it. α' is the
+    learned α, or the next sample's α_adv (the adversary's entropy term reads the temperature feature)."""
+    return reward + gamma * (1.0 - terminated) * (next_q_min - next_entropy_term)
+
+
 def buffer_add(buffer: Buffer, batch: Transition, valid: jax.Array) -> Buffer:
     """Store the rows of `batch` where `valid` (envs whose episode is still running)."""
     capacity = buffer.data.reward.shape[0]
@@ -630,7 +653,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         next_action, next_log_prob = squashed_gaussian(*actor.apply(actor_params, batch.next_obs)).sample_and_log_prob(
             seed=key_next)
         next_q = critic.apply(player.target_critic, batch.next_obs, next_action).min(0)
-        targets = batch.reward + hp["gamma"] * (1.0 - batch.terminated) * (next_q - next_alpha * next_log_prob)
+        targets = critic_targets(batch.reward, batch.terminated, next_q, next_alpha * next_log_prob, hp["gamma"])
 
         def critic_loss_fn(params):
             return 0.5 * ((critic.apply(params, batch.obs, batch.action) - targets) ** 2).mean(-1).sum()

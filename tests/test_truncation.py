@@ -14,7 +14,8 @@ returns), and every recorded number is checked against what the env says it must
 - a terminal step's target is its reward alone.
 Where a file makes a timeout terminal on purpose, the test pins that: stream-x with its time feature (the
 elapsed fraction is in the state: no bootstrap), and SQIRL (finite horizon, the authors' choice).
-QARL is not covered here (being rewritten in another change).
+QARL: both players' buffers and critic targets, with the temperature feature (a fake force wrapper stands in
+for envs.AdversarialForces, which knows only real bodies).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 import envs
-from algorithms import iwocs, pqn, sac, sqirl, stream_x
+from algorithms import iwocs, pqn, qarl, sac, sqirl, stream_x
 
 TIME_LIMIT = 3  # kind 0 is truncated after step 3
 TERMINAL_AT = 2  # kind 1 is terminated after step 2
@@ -325,4 +326,67 @@ def test_iwocs_sac_targets_bootstrap_from_the_final_observation(two_endings, mon
         np.testing.assert_allclose(soft[~term], (batch.reward + gamma * (next_soft_q_min - alpha * next_log_prob))[~term],
                                    **TOLERANCE)
         np.testing.assert_allclose(plain[~term], (batch.reward + gamma * next_plain_q)[~term], **TOLERANCE)
+    assert seen["term"] and seen["trunc"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# QARL: both players' phases -> their replay buffers (true next observations, the temperature feature) ->
+# critic targets; the horizon (phase_steps) is the time limit
+
+
+class NoForces(envs.Wrapper):
+    """Stands in for envs.AdversarialForces on TwoEndings: takes (protagonist, adversary) actions, ignores the
+    adversary's (TwoEndings' rewards do not depend on actions anyway)."""
+
+    adversary_action_dim, max_force = 2, 1.0
+
+    def __init__(self, env, max_force=None):
+        super().__init__(env)
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action[0], params)
+        return obs, state, reward, terminated, truncated, {**info, "adversary_reward": -reward}
+
+
+def test_qarl_buffers_and_targets_of_both_players_at_the_horizon(two_endings, monkeypatch):
+    two_endings["continuous"] = True
+
+    class OneModel:  # the grid set's env must be the config's
+        name, env_id, dim = "two-endings", "Pendulum-v1", 1
+
+    monkeypatch.setattr(envs, "uncertainty_set", lambda name: OneModel)
+    monkeypatch.setattr(envs, "AdversarialForces", NoForces)
+    calls = record(monkeypatch, qarl, "critic_targets")
+    config = dataclasses.replace(qarl.PRESETS["pendulum"], phase_steps=TIME_LIMIT, num_envs=4, total_timesteps=48,
+                                 learning_starts=8, actor_starts=8, batch_size=16, hidden_size=16, gamma=GAMMA,
+                                 curriculum_batch=8, num_evals=1, num_eval_envs=2, quiet=True)
+    program = qarl.make_train(config)
+    (_, state, _), _ = jax.jit(lambda c: jax.lax.scan(program.update, c, jnp.arange(4)))(
+        program.init(jax.random.PRNGKey(0), {}))
+    jax.effects_barrier()
+
+    # Each player's buffer, written by the phases: the adversary's reward is the negated protagonist reward;
+    # next_obs is the env's true next observation (then the episode's temperature feature), never [0, k, 1].
+    for name, sign in (("protagonist_buffer", 1.0), ("adversary_buffer", -1.0)):
+        buffer = getattr(state, name)
+        size = int(buffer.size)
+        data = jax.tree.map(lambda x: np.asarray(x)[:size], buffer.data)
+        t, kind, term, trunc, next_obs = steps_from_rewards(sign * data.reward)
+        assert term.any() and trunc.any(), name
+        np.testing.assert_array_equal(data.terminated, term)  # the horizon is not stored as terminal
+        np.testing.assert_array_equal(data.next_obs[:, :3], next_obs)
+        np.testing.assert_array_equal(data.next_obs[:, 3], data.obs[:, 3])  # one temperature per episode
+        assert (t >= 1).all() and (t <= TIME_LIMIT).all()  # no idle step after a terminal one was stored
+
+    # The targets of every update, of either player: a terminal step's is its reward; the horizon bootstraps.
+    assert calls
+    seen = {"term": 0, "trunc": 0}
+    for (reward, terminated, next_q_min, next_entropy_term, gamma), targets in calls:
+        _, _, term, trunc, _ = steps_from_rewards(np.abs(reward))
+        seen["term"] += term.sum()
+        seen["trunc"] += trunc.sum()
+        np.testing.assert_array_equal(terminated, term)
+        np.testing.assert_array_equal(targets[term], reward[term])
+        np.testing.assert_allclose(targets[~term], (reward + gamma * (next_q_min - next_entropy_term))[~term],
+                                   **TOLERANCE)
     assert seen["term"] and seen["trunc"]
