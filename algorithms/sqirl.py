@@ -95,7 +95,8 @@ class Config:
     env_id: str = "CombinationLock-H4"
     """Environment id: any discrete-action id, e.g. CombinationLock-H<n>, CartPole-v1, Breakout-MinAtar."""
     seed: int = 0
-    """Base seed; run i uses fold_in(PRNGKey(seed), i), so run 0 is the same whatever --num-seeds."""
+    """Base seed; run i uses the key fold_in(PRNGKey(seed), i), the same whatever --num-seeds (a batch of one and
+    of several seeds are different float programs: run 0's numbers agree up to rounding that learning can grow)."""
     num_seeds: int = 1
     """Independent runs, trained together as one vmapped program."""
     total_timesteps: int = 100_000

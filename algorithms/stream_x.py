@@ -90,7 +90,8 @@ class Config:
     env_id: str = "CartPole-v1"
     """Environment id: a gymnax id, brax/<name>, dmc/<Task>, or RandomWalk-v0 (the td task with known values)."""
     seed: int = 0
-    """Base seed; run i uses fold_in(PRNGKey(seed), i), so run 0 is the same whatever --num-seeds."""
+    """Base seed; run i uses the key fold_in(PRNGKey(seed), i), the same whatever --num-seeds (a batch of one and
+    of several seeds are different float programs: run 0's numbers agree up to rounding that learning can grow)."""
     num_seeds: int = 1
     """Independent learners, trained together as one vmapped program."""
     total_timesteps: int = 500_000

@@ -228,10 +228,25 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
             ax.set_title(f"{label}\nworst {iqm(worst[-1][:, None]):.0f}, average {iqm(average[-1][:, None]):.0f}"
                          " (IQM)", fontsize=8)
         fig.colorbar(image, ax=axes[len(tables) - 1], label="return (mean of seeds)")
-        labels = [table[0] for table in tables]
-        bar_panel(axes[-1], [f"{l}: worst" for l in labels] + [f"{l}: average" for l in labels], worst + average,
-                  [colors[i % len(tables)] for i in range(2 * len(tables))], ylabel="grid return")
-        axes[-1].set_title("worst and average over the grid", fontsize=9)
+        several_envs = len(set(envs)) > 1
+        labels = [f"{run.env}: {t[0]}" if several_envs else t[0] for (run, _), t in zip(runs, tables)] \
+            if len(tables) == len(runs) else [t[0] for t in tables]
+        columns = {"worst": worst, "average": average}
+        nominal = [read_summary(d) for _, d in runs]
+        if len(tables) == len(runs) and all("return_vs_adversary" in s for s in nominal):  # QARL runs
+            columns = {"nominal": [np.asarray(s["final_return"][:seeds]) for s in nominal],
+                       "vs adversary": [np.asarray(s["return_vs_adversary"][:seeds]) if _has_adversary(d) else None
+                                        for (_, d), s in zip(runs, nominal)], **columns}
+        names, values, bar_colors = [], [], []
+        for column, per_table in columns.items():
+            for i, (label, value) in enumerate(zip(labels, per_table)):
+                if value is not None:
+                    names.append(f"{label}: {column}")
+                    values.append(value)
+                    bar_colors.append(colors[i % len(colors)])
+        bar_panel(axes[-1], names, values, bar_colors, ylabel="return")
+        axes[-1].set_title(" / ".join(columns) + " (grid: no adversary)", fontsize=9)
+        write_table(Path(path).with_suffix(".md"), labels, columns, seeds)
     else:
         raise ValueError(f"unknown figure kind {figure.kind!r}")
     fig.suptitle(figure_caption(figure, scale, seeds, envs), fontsize=9)
@@ -241,6 +256,32 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     _to_palette(path)
+    return path
+
+
+def _has_adversary(run_dir: Path) -> bool:
+    config = Path(run_dir) / "config.json"
+    return not config.exists() or json.loads(config.read_text()).get("adversary", "on") != "off"
+
+
+def write_table(path: Path, labels: list[str], columns: dict[str, list], seeds: int) -> Path:
+    """A Markdown table beside a robustness figure: per variant and column, the IQM over seeds with its 95%
+    stratified bootstrap interval (n/a where the column does not apply, e.g. SAC has no adversary)."""
+    lines = [f"| variant ({seeds} seeds; IQM [95% CI]) | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for i, label in enumerate(labels):
+        cells = []
+        for per_table in columns.values():
+            value = per_table[i]
+            if value is None:
+                cells.append("n/a")
+            else:
+                value = np.asarray(value, dtype=float)[:, None]
+                low, high = stratified_bootstrap_ci(value)
+                cells.append(f"{iqm(value):.1f} [{float(low):.1f}, {float(high):.1f}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

@@ -126,3 +126,24 @@ def test_resume_does_not_retrain(cartpole_out, monkeypatch):
 def test_tiny_run_of_each_figure(name, tmp_path):
     path = reproduce.reproduce(name, "tiny", out=tmp_path, log=lambda _: None)
     assert path.exists() and path.stat().st_size > 1000
+    if name == "qarl-robustness":  # the table beside a QARL figure: one row per variant; SAC has no adversary
+        rows = path.with_suffix(".md").read_text().strip().splitlines()
+        assert rows[0].split(" | ")[1:] == ["nominal", "vs adversary", "worst", "average |"]
+        assert len(rows) == 2 + 2 and rows[-1].startswith("| SAC") and "| n/a |" in rows[-1]
+
+
+def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
+    """qarl-dmc: QARL, linear, RARL and SAC with one budget on the dmc presets (built, not compiled: a dmc QARL
+    program compiles for minutes on 2 cores); the CPU scale is 40 of the authors' 200 iterations."""
+    qarl = importlib.import_module("algorithms.qarl")
+    figure = reproduce.REGISTRY["qarl-dmc"]
+    for scale, envs in (("cpu", ["dmc/CartpoleBalance"]), ("full", ["dmc/CartpoleBalance", "dmc/CheetahRun"])):
+        runs = figure.runs(scale)
+        assert sorted({run.env for run in runs}) == envs and len(runs) == 4 * len(envs)
+        configs = [runlog.parse_config(qarl.Config, qarl.PRESETS, list(run.args)) for run in runs]
+        assert [(c.curriculum, c.adversary) for c in configs[:4]] == [
+            ("self-paced", "on"), ("linear", "on"), ("rarl", "on"), ("self-paced", "off")]
+        assert len({c.total_timesteps for c in configs}) == 1
+        assert configs[0].total_timesteps == (40 if scale == "cpu" else 200) * 5 * 500
+        assert configs[0].phase_steps == 500 and configs[0].grid_set == "dmc-cartpole-balance-qarl"
+        assert callable(qarl.make_train(configs[0]))
