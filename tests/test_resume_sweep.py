@@ -25,7 +25,8 @@ SWEEPS = {
     "sqirl": ("lr", (1e-4, 1e-3, 1e-2)),
     "stream_x": ("td_lambda", (0.2, 0.5, 0.9)),
 }
-RESUMABLE = ["pqn", "qarl", "sac", "sqirl", "stream_x"]  # IWOCS resumes by stage: tests/test_iwocs.py
+# IWOCS resumes by stage (tests/test_iwocs.py); SAC below, cut after learning started, in a sweep.
+RESUMABLE = ["pqn", "qarl", "sqirl", "stream_x"]
 
 
 def leaves(path):
@@ -136,3 +137,31 @@ def test_resume_needs_a_run_directory(tmp_path):
         runlog.parse_config(pqn.Config, pqn.PRESETS, ["--resume", str(tmp_path)])
     with pytest.raises(SystemExit, match="only --quiet"):
         runlog.parse_config(pqn.Config, pqn.PRESETS, ["--resume", str(tmp_path), "--lr", "1"])
+
+
+def test_sac_resumes_a_sweep_cut_after_learning_started_with_normalized_observations(tmp_path, monkeypatch):
+    """The cut falls after SAC has made gradient updates (trained actor, critics, their optimizer states, α and
+    the observation statistics must all come back), in a sweep of two values: each value's resumed run ends
+    where its uninterrupted run ends, bit for bit."""
+    sac = import_module("algorithms.sac")
+    flags = [*TINY["sac"], "--learning-starts", "50", "--normalize-observations", "--num-seeds", "2",
+             "--num-checkpoints", "4", "--quiet", "--sweep", "critic_lr=1e-4,1e-3"]
+    sac.main([*flags, "--run-dir", str(tmp_path / "whole")])
+    monkeypatch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=2))
+    with pytest.raises(runlog.RunInterrupted):
+        sac.main([*flags, "--run-dir", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    with np.load(tmp_path / "cut" / "resume.npz") as saved:
+        steps_at_cut = int(saved["updates_done"]) * config["num_envs"]
+    assert steps_at_cut >= config["learning_starts"] + 2 * config["num_envs"]  # updates were made before the cut
+    sac.main(["--resume", str(tmp_path / "cut"), "--quiet"])
+    for value in ("critic_lr=0.0001", "critic_lr=0.001"):
+        whole, cut = tmp_path / "whole" / value, tmp_path / "cut" / value
+        for a, b in zip(leaves(whole / "checkpoint.msgpack"), leaves(cut / "checkpoint.msgpack"), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(read_metrics(whole, 2), read_metrics(cut, 2)):
+            for column in a.dtype.names:
+                np.testing.assert_array_equal(a[column], b[column], err_msg=f"{value}: {column}")
+        alpha = read_metrics(whole, 2)[0]["alpha"]
+        assert alpha[0] != config["init_alpha"] or alpha[1] != config["init_alpha"], "α never moved"
