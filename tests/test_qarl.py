@@ -174,6 +174,10 @@ def test_determinism():
     _, second = tiny_run()
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+    # another seed is another run (the seed reaches the envs, the networks and the temperatures)
+    _, other = tiny_train(())(runlog.seed_keys(1, 1))
+    for key in ("episode_return", "temperature", "protagonist_critic_loss"):
+        assert not np.array_equal(first[key], other[key], equal_nan=True), key
 
 
 def test_rarl_has_no_temperature_feature_and_learns_the_adversarys_alpha():

@@ -170,6 +170,9 @@ def test_same_seed_same_result():
     state_b, metrics_b = train(jax.random.PRNGKey(1))
     jax.tree.map(np.testing.assert_array_equal, state_a.actor, state_b.actor)
     np.testing.assert_array_equal(metrics_a["critic_loss"], metrics_b["critic_loss"])
+    state_c, metrics_c = train(jax.random.PRNGKey(2))  # another seed is another run
+    assert not np.array_equal(metrics_a["critic_loss"], metrics_c["critic_loss"])
+    assert not np.array_equal(state_a.actor["params"]["Dense_0"]["kernel"], state_c.actor["params"]["Dense_0"]["kernel"])
 
 
 # brax-walker2d, brax-halfcheetah and brax-ant compile like brax-hopper (~40 s each on 2 CPU cores): they
