@@ -338,6 +338,20 @@ def num_chunks(num_updates: int, num_checkpoints: int) -> int:
     return max(c for c in range(1, max(min(num_checkpoints, num_updates), 1) + 1) if num_updates % c == 0)
 
 
+def schedule_note(requested_steps: int, steps: int, num_updates: int, num_checkpoints: int) -> str:
+    """The start-up line's account of the run's length: the env steps per seed it will take (--total-timesteps
+    rounded down to whole updates), and how many checkpoints it will save (`num_chunks`: equal chunks, one
+    compiled program, so --num-checkpoints is rounded down to a divisor of the update count)."""
+    text = f"{steps:,} steps per seed"
+    if steps != requested_steps:
+        text += f" (--total-timesteps {requested_steps:,} rounded down to whole updates)"
+    chunks = num_chunks(num_updates, num_checkpoints)
+    text += f", {chunks} checkpoint{'s' * (chunks != 1)}"
+    if chunks != num_checkpoints:
+        text += f" (--num-checkpoints {num_checkpoints} rounded down to a divisor of the {num_updates:,} updates)"
+    return text
+
+
 def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoints: int = 1, resume: bool = False,
                 sweep: tuple[str, tuple[float, ...]] | None = None, stop_after_chunks: int | None = None):
     """Run `program` for every seed (and every swept value), in chunks with the full state saved after each.
