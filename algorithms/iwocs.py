@@ -240,6 +240,14 @@ def derive_sizes(config: Config) -> Sizes:
     if not 0.0 < config.gamma < 1.0:
         raise ValueError(f"gamma must be in (0, 1) (the robust Q is an infinite-horizon discounted value), got "
                          f"{config.gamma}.")
+    if not 0.0 <= config.tau <= 1.0:
+        raise ValueError(f"tau must be in [0, 1], got {config.tau}.")
+    for name in ("actor_lr", "critic_lr"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}: e.g. "
+                             f"--{name.replace('_', '-')} 3e-4.")
+    if not config.alpha_lr >= 0:
+        raise ValueError(f"alpha_lr must be at least 0 (0 keeps α at its initial value), got {config.alpha_lr}.")
     for name in ("search_episodes", "eval_episodes"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
@@ -263,7 +271,9 @@ def make_env(config: Config):
     uset = envs.uncertainty_set(config.uncertainty_set)
     kwargs = {"backend": config.backend} if config.env_id.startswith(envs.registry.BRAX_PREFIX) else {}
     env, env_params = envs.make(config.env_id, **kwargs)
-    action_dim = envs.require_continuous_actions(env, env_params, config.env_id, "IWOCS (SAC inside)", "none")
+    action_dim = envs.require_continuous_actions(
+        env, env_params, config.env_id, "IWOCS (SAC inside)",
+        "--env-id Pendulum-v1 --uncertainty-set pendulum-2d (the cartpole sets are for QARL's continuous push)")
     space = env.action_space(env_params)
     bounds = (jnp.broadcast_to(space.low, (action_dim,)), jnp.broadcast_to(space.high, (action_dim,)))
     return envs.FlattenObservation(env), env_params, uset, action_dim, bounds

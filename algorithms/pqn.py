@@ -209,6 +209,8 @@ def derive_sizes(config: Config) -> Sizes:
         raise ValueError(f"norm must be layer, batch or none, got {config.norm!r}: e.g. --norm batch.")
     if not config.obs_divisor > 0:
         raise ValueError(f"obs_divisor must be positive, got {config.obs_divisor}: --obs-divisor 1 keeps raw inputs.")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be positive, got {config.lr}: e.g. --lr 1e-4.")
     sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))

@@ -266,14 +266,15 @@ def derive_sizes(config: Config) -> Sizes:
                  "grid_episodes"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
-    for name in ("learning_starts", "actor_starts"):
-        if getattr(config, name) < 0:
+    for name in ("learning_starts", "actor_starts", "alpha_lr"):  # alpha_lr 0: α stays at --initial-alpha
+        if not getattr(config, name) >= 0:
             raise ValueError(f"{name} must be at least 0, got {getattr(config, name)}.")
     for name in ("gamma", "tau"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
-    for name in ("temperature_rate", "initial_shape", "target_shape", "kl_bound", "initial_alpha"):
-        if getattr(config, name) <= 0:
+    for name in ("temperature_rate", "initial_shape", "target_shape", "kl_bound", "initial_alpha", "actor_lr",
+                 "critic_lr"):
+        if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}.")
     if config.grid_points < 2:
         raise ValueError(f"grid_points must be at least 2, got {config.grid_points}.")

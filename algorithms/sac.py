@@ -225,6 +225,12 @@ def derive_sizes(config: Config) -> Sizes:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     if config.init_alpha <= 0:
         raise ValueError(f"init_alpha must be positive (log α is learned), got {config.init_alpha}.")
+    for name in ("actor_lr", "critic_lr"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}: e.g. "
+                             f"--{name.replace('_', '-')} 3e-4.")
+    if not config.alpha_lr >= 0:
+        raise ValueError(f"alpha_lr must be at least 0 (0 keeps α at --init-alpha), got {config.alpha_lr}.")
     updates = config.num_envs * config.updates_per_env_step
     if updates < 1 or abs(updates - round(updates)) > 1e-9:
         raise ValueError(

@@ -229,6 +229,8 @@ def derive_sizes(config: Config) -> Sizes:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     if not 0.0 <= config.loss_smoothing < 1.0:
         raise ValueError(f"loss_smoothing must be in [0, 1), got {config.loss_smoothing}.")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be positive, got {config.lr}: e.g. --lr 1e-3.")
     horizon = episode_horizon(config)
     replay_iterations = config.replay_iterations or horizon
     sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
