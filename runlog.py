@@ -99,8 +99,25 @@ def run_path(config, algorithm: str) -> Path:
     return Path(config.run_dir or os.path.join("runs", default))
 
 
+_RUN_STARTED = False  # set by start_run: from then on an error is a failure of the run, not of its input
+
+
+def cli(main) -> None:
+    """Run an algorithm file's `main` from the command line. An error in the input (a ValueError or TypeError
+    raised before any run directory is started, i.e. by the checks that run before compiling) prints as one
+    line that says what to change; an error after that keeps its traceback."""
+    try:
+        main()
+    except (ValueError, TypeError) as error:
+        if _RUN_STARTED:
+            raise
+        raise SystemExit(f"error: {error}") from None
+
+
 def start_run(run_dir: Path, config, algorithm: str) -> None:
     """Create the run directory and write config.json, before anything is compiled (host 0 only)."""
+    global _RUN_STARTED
+    _RUN_STARTED = True
     if jax.process_index() != 0:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -338,18 +355,21 @@ def num_chunks(num_updates: int, num_checkpoints: int) -> int:
     return max(c for c in range(1, max(min(num_checkpoints, num_updates), 1) + 1) if num_updates % c == 0)
 
 
-def schedule_note(requested_steps: int, steps: int, num_updates: int, num_checkpoints: int) -> str:
+def schedule_note(num_updates: int, num_checkpoints: int, steps: int | None = None,
+                  requested_steps: int | None = None) -> str:
     """The start-up line's account of the run's length: the env steps per seed it will take (--total-timesteps
     rounded down to whole updates), and how many checkpoints it will save (`num_chunks`: equal chunks, one
     compiled program, so --num-checkpoints is rounded down to a divisor of the update count)."""
-    text = f"{steps:,} steps per seed"
-    if steps != requested_steps:
-        text += f" (--total-timesteps {requested_steps:,} rounded down to whole updates)"
+    parts = []
+    if steps is not None:
+        parts.append(f"{steps:,} steps per seed")
+        if requested_steps is not None and steps != requested_steps:
+            parts[-1] += f" (--total-timesteps {requested_steps:,} rounded down to whole updates)"
     chunks = num_chunks(num_updates, num_checkpoints)
-    text += f", {chunks} checkpoint{'s' * (chunks != 1)}"
+    parts.append(f"{chunks} checkpoint{'s' * (chunks != 1)}")
     if chunks != num_checkpoints:
-        text += f" (--num-checkpoints {num_checkpoints} rounded down to a divisor of the {num_updates:,} updates)"
-    return text
+        parts[-1] += f" (--num-checkpoints {num_checkpoints} rounded down to a divisor of the {num_updates:,} updates)"
+    return ", ".join(parts)
 
 
 def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoints: int = 1, resume: bool = False,

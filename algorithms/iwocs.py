@@ -68,6 +68,7 @@ sheet. Known differences from the paper:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import json
 import time
 from dataclasses import dataclass
@@ -81,8 +82,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import envs
-import runlog
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
+# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runlog  # noqa: E402
+import envs  # noqa: E402
+
+NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
 
 
 @dataclass(frozen=True)
@@ -787,13 +792,13 @@ def main(args: list[str] | None = None, stop_after_stages: int | None = None) ->
     `stop_after_stages=N` raises runlog.RunInterrupted once N stages are saved, as a killed run would stop."""
     config = runlog.parse_config(Config, PRESETS, args)
     sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
-    run_dir = runlog.run_path(config, "iwocs")
+    run_dir = runlog.run_path(config, NAME)
     run_configs = {directory: dataclasses.replace(run_config, run_dir=str(directory)) for directory, run_config
                    in runlog.sweep_run_configs(run_dir, config, sweep_name, sweep_values).items()}
     for run_config in run_configs.values():
         derive_sizes(run_config)  # bad input (of any swept value) raises here, before anything is compiled
     if sweep_name:
-        runlog.start_run(run_dir, config, "iwocs")  # the sweep's config.json, for --resume of the whole sweep
+        runlog.start_run(run_dir, config, NAME)  # the sweep's config.json, for --resume of the whole sweep
     summaries = [run_iwocs(run_config, directory, stop_after_stages) for directory, run_config in run_configs.items()]
     return summaries if sweep_name else summaries[0]
 
@@ -807,11 +812,11 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     train_dr = jax.jit(jax.vmap(make_sac(config, sizes.dr_steps, True, progress), in_axes=(0, None, None)))
     train_model = jax.jit(jax.vmap(make_sac(config, sizes.iteration_steps, False, progress), in_axes=(0, 0, None)))
     pieces = make_pieces(config)
-    runlog.start_run(run_dir, config, "iwocs")
+    runlog.start_run(run_dir, config, NAME)
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     nominal = jnp.asarray(uset.nominal, jnp.float32)
     say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, flush=True))
-    say(f"IWOCS on {config.env_id} ({uset.name}: {' x '.join(uset.names)}), {config.num_seeds} seed(s), DR "
+    say(f"{NAME} on {config.env_id} ({uset.name}: {' x '.join(uset.names)}), {config.num_seeds} seed(s), DR "
         f"{sizes.dr_steps:,} steps + up to {config.max_iterations} x {sizes.iteration_steps:,}, search "
         f"{config.search} -> {run_dir}")
     state_path = run_dir / "resume.msgpack"
@@ -899,7 +904,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
 
     iwocs_name = next(iter(grids))
     summary = runlog.finish_run(
-        run_dir, config, "iwocs", state["metrics"], final_return=np.asarray(grids[iwocs_name].worst),
+        run_dir, config, NAME, state["metrics"], final_return=np.asarray(grids[iwocs_name].worst),
         checkpoint=bank._asdict(), compile_seconds=0.0, train_seconds=iwocs_seconds,
         extra_summary={"final_return_is": "worst-case return over the evaluation grid",
                        "iterations_trained": len(records) - 1, "results": table,
@@ -911,4 +916,4 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
 
 
 if __name__ == "__main__":
-    main()
+    runlog.cli(main)

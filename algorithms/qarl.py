@@ -90,8 +90,10 @@ Choices where the paper and the reference sheet are silent:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
 import distrax
@@ -102,8 +104,12 @@ import numpy as np
 import optax
 from jax.scipy.special import digamma, gammaln
 
-import envs
-import runlog
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
+# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runlog  # noqa: E402
+import envs  # noqa: E402
+
+NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,9 @@ class Config:
     sweep: str = ""
     """Train every value of one hyperparameter in one vmapped program, e.g. critic_lr=1e-4,3e-4 (see SWEEPABLE)."""
     num_checkpoints: int = 10
-    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume: the run is cut
+    into the most equal chunks <= this that divide its update count (one compiled chunk), so it can be fewer;
+    the start-up line says how many."""
     resume: bool = False
     """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
 
@@ -905,7 +913,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    run_dir = runlog.run_path(config, "qarl")
+    run_dir = runlog.run_path(config, NAME)
     values = sizes.sweep_values or (None,)
     progress = runlog.Progress(run_dir, sizes.num_iterations * sizes.steps_per_iteration,
                                config.num_seeds * len(values), config.quiet, every_seconds=5.0)
@@ -914,14 +922,15 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     final_evaluation = make_final_evaluation(config)
     run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
     for directory, run_config in {run_dir: config, **run_configs}.items():
-        runlog.start_run(directory, run_config, "qarl")
+        runlog.start_run(directory, run_config, NAME)
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
         mode = f"{config.curriculum} curriculum" if config.adversary == "on" else "no adversary (SAC)"
         grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
-        print(f"QARL on {config.env_id} ({config.preset} preset, {mode}), {config.num_seeds} seed(s){grid} x "
-              f"{sizes.num_iterations} iterations ({sizes.num_iterations * sizes.steps_per_iteration:,} steps) "
-              f"-> {run_dir}", flush=True)
+        schedule = runlog.schedule_note(program.num_updates, config.num_checkpoints,
+                                        sizes.num_iterations * sizes.steps_per_iteration, config.total_timesteps)
+        print(f"{NAME} on {config.env_id} ({config.preset} preset, {mode}), {config.num_seeds} seed(s){grid} x "
+              f"{sizes.num_iterations} iterations: {schedule} -> {run_dir}", flush=True)
     state, metrics, compile_seconds, train_seconds = runlog.run_program(
         program, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
@@ -943,7 +952,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
                           f"{swept}: {uset.name} ({config.num_seeds} seeds, "
                           f"{sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
         summaries.append(runlog.finish_run(
-            directory, run_config, "qarl", run_metrics,
+            directory, run_config, NAME, run_metrics,
             final_return=np.array([f["final_return"] for f in finals]),
             checkpoint={"protagonist": run_state.protagonist._asdict(), "adversary": run_state.adversary._asdict(),
                         "curriculum": run_state.curriculum._asdict()},
@@ -978,4 +987,4 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
 
 
 if __name__ == "__main__":
-    main()
+    runlog.cli(main)

@@ -54,7 +54,9 @@ preset (MuJoCo Playground's brax SAC config, whose critics' LayerNorm after each
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
 import distrax
@@ -64,8 +66,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import envs
-import runlog
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
+# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runlog  # noqa: E402
+import envs  # noqa: E402
+
+NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,9 @@ class Config:
     sweep: str = ""
     """Train every value of one hyperparameter in one vmapped program, e.g. critic_lr=1e-4,3e-4 (see SWEEPABLE)."""
     num_checkpoints: int = 10
-    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume: the run is cut
+    into the most equal chunks <= this that divide its update count (one compiled chunk), so it can be fewer;
+    the start-up line says how many."""
     resume: bool = False
     """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
 
@@ -597,19 +605,21 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    run_dir = runlog.run_path(config, "sac")
+    run_dir = runlog.run_path(config, NAME)
     values = sizes.sweep_values or (None,)
     progress = runlog.Progress(run_dir, sizes.iterations * config.num_envs, config.num_seeds * len(values),
                                config.quiet)
     program = make_train(config, progress)  # raises on a bad config before compiling
     run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
     for directory, run_config in {run_dir: config, **run_configs}.items():
-        runlog.start_run(directory, run_config, "sac")
+        runlog.start_run(directory, run_config, NAME)
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
         grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
-        print(f"SAC on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid} x "
-              f"{sizes.iterations * config.num_envs:,} steps -> {run_dir}", flush=True)
+        schedule = runlog.schedule_note(program.num_updates, config.num_checkpoints,
+                                        sizes.iterations * config.num_envs, config.total_timesteps)
+        print(f"{NAME} on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid}: {schedule} "
+              f"-> {run_dir}", flush=True)
     state, metrics, compile_seconds, train_seconds = runlog.run_program(
         program, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
@@ -617,7 +627,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     for directory, run_config, run_state, run_metrics in runlog.sweep_runs(
             run_configs, state, metrics, sizes.sweep_name is not None):
         summaries.append(runlog.finish_run(
-            directory, run_config, "sac", run_metrics, final_return=run_metrics["eval_return"][:, -1],
+            directory, run_config, NAME, run_metrics, final_return=run_metrics["eval_return"][:, -1],
             checkpoint=run_state._asdict(), compile_seconds=compile_seconds,
             train_seconds=train_seconds / len(values),
         ))
@@ -642,4 +652,4 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
 
 
 if __name__ == "__main__":
-    main()
+    runlog.cli(main)

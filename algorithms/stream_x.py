@@ -64,6 +64,7 @@ and why (the learners, ObGD, the network, the normalizers and the presets' value
 from __future__ import annotations
 
 import dataclasses
+import sys
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import envs
-import runlog
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
+# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runlog  # noqa: E402
+import envs  # noqa: E402
+
+NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
 
 @dataclass(frozen=True)
 class Config:
@@ -152,7 +157,9 @@ class Config:
     sweep: str = ""
     """Train every value of one hyperparameter in one vmapped program, e.g. lr=1e-4,3e-4 (see SWEEPABLE)."""
     num_checkpoints: int = 10
-    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume."""
+    """Times the whole training state is saved during the run (RUN_DIR/resume.npz), for --resume: the run is cut
+    into the most equal chunks <= this that divide its update count (one compiled chunk), so it can be fewer;
+    the start-up line says how many."""
     resume: bool = False
     """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
 
@@ -549,19 +556,21 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    run_dir = runlog.run_path(config, "stream_x")
+    run_dir = runlog.run_path(config, NAME)
     values = sizes.sweep_values or (None,)
     num_learners = config.num_seeds * len(values)
     progress = runlog.Progress(run_dir, sizes.total_steps, num_learners, config.quiet)
     program = make_train(config, progress)  # raises on a bad config before compiling
     run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
     for directory, run_config in {run_dir: config, **run_configs}.items():
-        runlog.start_run(directory, run_config, "stream_x")
+        runlog.start_run(directory, run_config, NAME)
     keys = runlog.seed_keys(config.seed, config.num_seeds)
     if not config.quiet:
         grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
-        print(f"stream {config.learner.upper()}(λ) on {config.env_id} ({config.preset} preset), "
-              f"{config.num_seeds} seed(s){grid} x {sizes.total_steps:,} steps -> {run_dir}", flush=True)
+        schedule = runlog.schedule_note(program.num_updates, config.num_checkpoints, sizes.total_steps,
+                                        config.total_timesteps)
+        print(f"{NAME}: stream {config.learner.upper()}(λ) on {config.env_id} ({config.preset} preset), "
+              f"{config.num_seeds} seed(s){grid}: {schedule} -> {run_dir}", flush=True)
     state, metrics, compile_seconds, train_seconds = runlog.run_program(
         program, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
@@ -571,7 +580,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
             run_configs, state, metrics, sizes.sweep_name is not None):
         extra = {"final_rms_error": run_metrics["rms_error"][:, -1].tolist()} if config.learner == "td" else {}
         summaries.append(runlog.finish_run(
-            directory, run_config, "stream_x", run_metrics, final_return=final_training_return(run_metrics),
+            directory, run_config, NAME, run_metrics, final_return=final_training_return(run_metrics),
             checkpoint={"params": run_state.params, "traces": run_state.traces, "env_state": run_state.env_state},
             compile_seconds=compile_seconds, train_seconds=train_seconds / len(values), curve_key=curve_key,
             curve_label="RMS value error" if config.learner == "td" else "episode return", extra_summary=extra,
@@ -594,4 +603,4 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
 
 
 if __name__ == "__main__":
-    main()
+    runlog.cli(main)

@@ -93,11 +93,10 @@ def test_wandb_logs_one_run_per_seed(tmp_path, monkeypatch):
 
 
 def test_schedule_note_says_how_steps_and_checkpoints_were_rounded():
-    assert runlog.schedule_note(4096, 4096, 8, 4) == "4,096 steps per seed, 4 checkpoints"
+    assert runlog.schedule_note(8, 4, 4096, 4096) == "4,096 steps per seed, 4 checkpoints"
     # 10 checkpoints of 12 updates: 6 equal chunks; 5000 steps in whole updates of 512: 4,608
-    note = runlog.schedule_note(5000, 4608, 12, 10)
-    assert note == ("4,608 steps per seed (--total-timesteps 5,000 rounded down to whole updates), 6 checkpoints "
-                    "(--num-checkpoints 10 rounded down to a divisor of the 12 updates)")
+    assert runlog.schedule_note(12, 10, 4608, 5000) == (
+        "4,608 steps per seed (--total-timesteps 5,000 rounded down to whole updates), 6 checkpoints "
+        "(--num-checkpoints 10 rounded down to a divisor of the 12 updates)")
     assert runlog.num_chunks(12, 10) == 6 and runlog.num_chunks(7, 10) == 7 and runlog.num_chunks(13, 10) == 1
-    assert runlog.schedule_note(100, 100, 13, 10).endswith("1 checkpoint (--num-checkpoints 10 rounded down to a "
-                                                           "divisor of the 13 updates)")
+    assert runlog.schedule_note(13, 10) == "1 checkpoint (--num-checkpoints 10 rounded down to a divisor of the 13 updates)"
