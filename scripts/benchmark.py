@@ -44,6 +44,7 @@ def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: in
     """Env steps/s of a uniformly random policy on `num_envs` vmapped envs (compile excluded); with
     `with_compile`, the pair (steps/s, compile seconds)."""
     action_space = env.action_space(env_params)
+    two_player = hasattr(env, "adversary_action_dim")  # QARL's env: (protagonist action, adversary force)
     reset = jax.vmap(env.reset, in_axes=(0, None))
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
@@ -53,8 +54,11 @@ def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: in
 
         def body(carry, key):
             state, total = carry
-            key_action, key_step = jax.random.split(key)
+            key_action, key_force, key_step = jax.random.split(key, 3)
             actions = jax.vmap(action_space.sample)(jax.random.split(key_action, num_envs))
+            if two_player:
+                actions = (actions, jax.random.uniform(key_force, (num_envs, env.adversary_action_dim),
+                                                       minval=-env.max_force, maxval=env.max_force))
             _, state, reward, *_ = step(jax.random.split(key_step, num_envs), state, actions, env_params)
             return (state, total + reward.sum()), None
 
@@ -143,7 +147,8 @@ def main() -> None:
     t0 = time.perf_counter()
     outputs, compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
     metrics = outputs[-1]  # train returns (..., metrics)
-    env_steps = int(metrics["env_steps"][0, -1])
+    # every env step the program takes (QARL: both players' phases; env_steps counts the protagonist's)
+    env_steps = int(metrics.get("total_env_steps", metrics["env_steps"])[0, -1])
     train_memory = runlog.peak_memory_mb()
     training = env_steps * config.num_seeds / train_seconds
 

@@ -134,7 +134,7 @@ def test_tiny_run_of_each_figure(name, tmp_path):
 
 def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
     """qarl-dmc: QARL, linear, RARL and SAC with one budget on the dmc presets (built, not compiled: a dmc QARL
-    program compiles for minutes on 2 cores); the CPU scale is 40 of the authors' 200 iterations."""
+    program compiles for minutes on 2 cores); the CPU scale is 12 of the authors' 200 iterations."""
     qarl = importlib.import_module("algorithms.qarl")
     figure = reproduce.REGISTRY["qarl-dmc"]
     for scale, envs in (("cpu", ["dmc/CartpoleBalance"]), ("full", ["dmc/CartpoleBalance", "dmc/CheetahRun"])):
@@ -144,6 +144,6 @@ def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
         assert [(c.curriculum, c.adversary) for c in configs[:4]] == [
             ("self-paced", "on"), ("linear", "on"), ("rarl", "on"), ("self-paced", "off")]
         assert len({c.total_timesteps for c in configs}) == 1
-        assert configs[0].total_timesteps == (40 if scale == "cpu" else 200) * 5 * 500
+        assert configs[0].total_timesteps == (12 if scale == "cpu" else 200) * 5 * 500
         assert configs[0].phase_steps == 500 and configs[0].grid_set == "dmc-cartpole-balance-qarl"
         assert callable(qarl.make_train(configs[0]))

@@ -4,8 +4,7 @@ Runs each algorithm at a tiny size with 4 seeds twice, in fresh processes pinned
 (JAX_PLATFORMS=cpu, so the test means the same on a GPU machine): once on one CPU device, once with
 XLA_FLAGS=--xla_force_host_platform_device_count=4 (the keys, hence the seeds, split over 4 devices).
 IWOCS has no single `train` (its outer loop is Python); its whole `main` runs both ways and the summaries
-are compared. CI runs PQN, stream-x and SQIRL (the cheapest to compile: CI has 30 minutes on 2 cores);
-`SHARDING_ALGORITHMS=all python -m pytest tests/test_sharding.py` checks every algorithm file.
+are compared. Every algorithm file is checked; the 1-device and 4-device processes run side by side.
 
 The two are different float programs: XLA partitions the 4-seed program into one 1-seed program per device,
 and a batch of 4 and a batch of 1 may be vectorized differently (AVX2 vs AVX-512 differ again), so the runs
@@ -62,20 +61,28 @@ def cpu_env(device_count: int) -> dict:
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}")
 
 
-def run_all(device_count: int) -> dict:
-    env = cpu_env(device_count)
-    result = subprocess.run([sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in CHECKED})],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.split("RESULT", 1)[1])
+def start_all(device_count: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in CHECKED})], cwd=ROOT,
+                            env=cpu_env(device_count), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-CHECKED = ALGORITHMS if os.environ.get("SHARDING_ALGORITHMS") == "all" else ["pqn", "sqirl", "stream_x"]
+def finish(process: subprocess.Popen) -> dict:
+    stdout, stderr = process.communicate()
+    assert process.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.split("RESULT", 1)[1])
+
+
+CHECKED = ALGORITHMS
 
 
 @pytest.fixture(scope="module")
 def results():
-    return run_all(1), run_all(4)
+    one, four = start_all(1), start_all(4)
+    try:
+        return finish(one), finish(four)
+    finally:
+        for process in (one, four):
+            process.kill()
 
 
 @pytest.mark.parametrize("name", CHECKED)
