@@ -3,4 +3,30 @@ processes that each preallocated 75% of its memory would not fit, so JAX allocat
 
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+# Scheduling for the two workers (`--dist loadgroup --no-loadscope-reorder`): a worker takes the next unit of work
+# in the order below when it is free, so the longest units go first and the last ones to finish are short
+# (longest-first scheduling; with xdist's default order, by test count, one worker idled for minutes at the end).
+# A unit is one learning test (marked slow: they share nothing), or one whole module (its tests share
+# module-scoped fixtures and compiled programs). Modules heaviest first, by the CI log's durations; the rest keep
+# their collection order. A stale list costs balance, never correctness.
+HEAVY_MODULES = ("test_reproduce", "test_resume_sweep", "test_iwocs", "test_qarl", "test_sac", "test_cli", "test_dmc",
+                 "test_sharding", "test_stream_x", "test_pqn", "test_truncation", "test_sqirl", "test_gpu_check",
+                 "test_multihost")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        if item.get_closest_marker("slow"):
+            return -1
+        module = item.module.__name__.rpartition(".")[2]
+        return HEAVY_MODULES.index(module) if module in HEAVY_MODULES else len(HEAVY_MODULES)
+
+    for item in items:
+        if not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=rank)  # stable: a module's tests keep their order
