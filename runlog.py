@@ -23,6 +23,7 @@ What lands in a run directory:
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -291,14 +292,16 @@ def vmap_seeds(train: Callable) -> Callable:
 class Program:
     """One learner's whole run, in the two pieces that `run_program` needs to checkpoint and resume it.
 
-    init(key, hparams) -> carry       everything the run keeps between updates (params, optimizer, envs,
-                                      replay buffer, PRNG key, the swept hyperparameters)
+    init(key) -> carry       everything the run keeps between updates (params, optimizer, envs, replay
+                             buffer, PRNG key)
     update(carry, index) -> (carry, metrics)   one update, scanned over index = 0 .. num_updates - 1
     result(carry) -> what the file keeps at the end (e.g. its TrainState)
 
-    `hparams` maps names of swept hyperparameters to (possibly traced) numbers; the file keeps them in the
-    carry. Calling the program runs it in one scan: `make_train(config)(key)` -> (result, metrics). (A dataclass,
-    not a NamedTuple: `jax.jit(program)` keeps a weak reference to it, which tuples do not allow.)
+    Calling the program runs it in one scan: `make_train(config)(key)` -> (result, metrics). Hyperparameters are
+    read from the config `make_train` was given, and nowhere else: under `--sweep`, `run_program` builds the
+    program inside the traced run from a config whose swept field holds the traced value (`with_values`), so
+    `config.gamma` is swept wherever it is read. (A dataclass, not a NamedTuple: `jax.jit(program)` keeps a weak
+    reference to it, which tuples do not allow.)
     """
 
     init: Callable
@@ -306,9 +309,33 @@ class Program:
     num_updates: int
     result: Callable = lambda carry: carry
 
-    def __call__(self, key, hparams: dict[str, Any] | None = None):
-        carry, metrics = jax.lax.scan(self.update, self.init(key, hparams or {}), jnp.arange(self.num_updates))
+    def __call__(self, key):
+        carry, metrics = jax.lax.scan(self.update, self.init(key), jnp.arange(self.num_updates))
         return self.result(carry), metrics
+
+
+def with_values(config, values: dict[str, Any]):
+    """A copy of the frozen config with some fields set to (possibly traced) numbers: the one config the
+    program of a swept run reads. The checks of a file's config (which compare numbers in Python) run on
+    `untraced(config)`; each swept value was checked on its own before (the files' derive_sizes)."""
+    new = copy.copy(config)
+    for name, value in values.items():
+        object.__setattr__(new, name, value)
+    object.__setattr__(new, "_untraced", untraced(config))
+    return new
+
+
+def program_with(make_program: Callable[[Any], Program], config, values: dict[str, Any]) -> Program:
+    """make_program(with_values(config, values)), built inside a traced run: what the building code computes
+    from plain numbers (spaces, sizes, tables) is computed at once, as outside a trace; only the swept values
+    are traced."""
+    with jax.ensure_compile_time_eval():
+        return make_program(with_values(config, values))
+
+
+def untraced(config):
+    """The config a `with_values` copy was made from (the config itself otherwise)."""
+    return config.__dict__.get("_untraced", config)
 
 
 class RunInterrupted(RuntimeError):
@@ -372,47 +399,67 @@ def schedule_note(num_updates: int, num_checkpoints: int, steps: int | None = No
     return ", ".join(parts)
 
 
-def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoints: int = 1, resume: bool = False,
-                sweep: tuple[str, tuple[float, ...]] | None = None, stop_after_chunks: int | None = None):
-    """Run `program` for every seed (and every swept value), in chunks with the full state saved after each.
+def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array, run_dir: Path,
+                num_checkpoints: int = 1, resume: bool = False, sweep: tuple[str, tuple] | dict[str, tuple] | None = None,
+                stop_after_chunks: int | None = None):
+    """Run `make_program(config)` for every seed (and every swept value), in chunks with the full state saved
+    after each.
 
     Returns (result, metrics, compile_seconds, train_seconds); outputs have a leading seed axis, preceded by
     a value axis for a sweep. The updates run in `num_chunks(num_updates, num_checkpoints)` equal jitted
     chunks; after each, the whole carry and the metrics so far go to RUN_DIR/resume.npz (atomically), and
     `resume=True` continues from there. A resumed run executes the same compiled chunks on the same inputs
     as an uninterrupted one, so on one CPU it ends bit-identical to it.
+
+    Under `sweep=(name, values)` the program is built inside the traced run from `with_values(config,
+    {name: value})` (`program_with`), the value a traced float32 with one entry per swept value (vmapped), so
+    every place the file reads `config.<name>` sees the swept value. A swept name that the computation never
+    reads is an error, raised after tracing and before compiling. (`sweep` may also map several names to
+    values of one length, swept jointly: the tests use it.)
     """
-    name, values = sweep or (None, ())
-    hparams = {name: jnp.asarray(values, jnp.float32)} if name else {}
+    sweeps = dict([sweep]) if isinstance(sweep, tuple) else dict(sweep or {})  # {name: values}, one axis
+    hparams = {name: jnp.asarray(values, jnp.float32) for name, values in sweeps.items()}
+    name = next(iter(sweeps), None)
     batch_axes = 2 if name else 1  # [values,] seeds
+    program = make_program(config)
     chunks = num_chunks(program.num_updates, num_checkpoints)
     length = program.num_updates // chunks
 
-    def chunk(carry, start):
-        return jax.lax.scan(program.update, carry, start + jnp.arange(length))
+    def init(key, hp):
+        return program_with(make_program, config, hp).init(key)
+
+    def chunk(carry, start, hp):
+        return jax.lax.scan(program_with(make_program, config, hp).update, carry, start + jnp.arange(length))
 
     num_seeds = keys.shape[0]
-    init_all = jax.jit(_batched(program.init, num_seeds, None if name is None else (None, 0)))
-    chunk_all = jax.jit(_batched(chunk, num_seeds, None if name is None else (0, None)))
+    init_all = jax.jit(_batched(init, num_seeds, None if name is None else (None, 0)))
+    chunk_all = jax.jit(_batched(chunk, num_seeds, None if name is None else (0, None, 0)))
     t0 = time.perf_counter()
     carry_shape = jax.eval_shape(init_all, keys, hparams)
     state_path = Path(run_dir) / "resume.npz"
     if resume:
-        metrics_shape = jax.eval_shape(chunk_all, carry_shape, jnp.int32(0))[1]
+        metrics_shape = jax.eval_shape(chunk_all, carry_shape, jnp.int32(0), hparams)[1]
         done, carry, metrics, train_seconds = _load_state(state_path, carry_shape, metrics_shape,
                                                           program.num_updates, length)
     else:
         done, carry, metrics, train_seconds = 0, init_all(keys, hparams), [], 0.0
     # Fresh or resumed, every chunk gets its carry placed the same way (seed axis over the devices), so one
     # compiled chunk serves every call.
-    compiled = chunk_all.lower(_place(carry, keys, batch_axes), jnp.int32(0)).compile()
+    traced = chunk_all.trace(_place(carry, keys, batch_axes), jnp.int32(0), hparams)
+    unread = _unread_inputs(traced, hparams, hparams)
+    if unread:
+        unread = _unread_inputs(init_all.trace(keys, hparams), hparams, unread)
+    if unread:
+        raise ValueError(f"--sweep {unread[0]}=...: the training computation never reads config.{unread[0]}, so "
+                         f"every value would train the same run; read it in the jitted code (or sweep another name).")
+    compiled = traced.lower().compile()
     compile_seconds = time.perf_counter() - t0  # tracing, compiling and the initial state
     for index in range(done // length, chunks):
         if stop_after_chunks is not None and index >= stop_after_chunks:
             raise RunInterrupted(f"stopped after {index} of {chunks} chunks")
         t0 = time.perf_counter()
         carry = _place(carry, keys, batch_axes)
-        carry, chunk_metrics = jax.block_until_ready(compiled(carry, jnp.int32(index * length)))
+        carry, chunk_metrics = jax.block_until_ready(compiled(carry, jnp.int32(index * length), hparams))
         jax.effects_barrier()  # let the chunk's progress callbacks finish before timing stops
         train_seconds += time.perf_counter() - t0
         metrics.append(_gather(chunk_metrics))
@@ -422,14 +469,23 @@ def run_program(program: Program, keys: jax.Array, run_dir: Path, num_checkpoint
     return program.result(carry), metrics, compile_seconds, train_seconds
 
 
+def _unread_inputs(traced, hparams: dict, names) -> list[str]:
+    """Those of `names` whose swept values (the traced program's last inputs: `hparams`, flattened in sorted key
+    order) reach no operation or output of the program."""
+    jaxpr = traced.jaxpr.jaxpr
+    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    hparam_vars = dict(zip(sorted(hparams), jaxpr.invars[len(jaxpr.invars) - len(hparams):]))
+    return [name for name in sorted(names) if id(hparam_vars[name]) not in read]
+
+
 def _batched(fn: Callable, num_seeds: int, sweep_axes: tuple | None) -> Callable:
-    """fn(a, b) vmapped over the seed axis of `a` (one seed runs unbatched: see vmap_seeds), then over the
+    """fn(a, *rest) vmapped over the seed axis of `a` (one seed runs unbatched: see vmap_seeds), then over the
     sweep's value axis as `sweep_axes` say."""
 
-    def over_seeds(a, b):
+    def over_seeds(a, *rest):
         if num_seeds == 1:
-            return jax.tree.map(lambda x: x[None], fn(jax.tree.map(lambda x: x[0], a), b))
-        return jax.vmap(fn, in_axes=(0, None))(a, b)
+            return jax.tree.map(lambda x: x[None], fn(jax.tree.map(lambda x: x[0], a), *rest))
+        return jax.vmap(fn, in_axes=(0, *[None] * len(rest)))(a, *rest)
 
     return over_seeds if sweep_axes is None else jax.vmap(over_seeds, in_axes=sweep_axes)
 

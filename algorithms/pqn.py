@@ -388,11 +388,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
     in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
-    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
+    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
     `progress`, if given, is called from inside the run (host callback) every ~1% of the updates with
     env_steps and a few scalars. Bad configs raise here, before anything is compiled.
     """
-    sizes = derive_sizes(config)
+    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
     env, env_params, num_actions = make_env(config)
     network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn",
                        norm=config.norm, norm_input=config.norm_input, obs_divisor=config.obs_divisor)
@@ -400,12 +400,9 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     eps_decay_updates = max(int(config.eps_decay * sizes.num_updates), 1)
     num_gradient_steps = sizes.num_updates * config.num_epochs * config.num_minibatches
 
-    def learning_rate(hp):
-        return (optax.linear_schedule(hp["lr"], 0.0, num_gradient_steps)
-                if config.lr_linear_decay else optax.constant_schedule(hp["lr"]))
-
-    def optimizer(hp):
-        return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), optax.radam(learning_rate(hp)))
+    learning_rate = (optax.linear_schedule(config.lr, 0.0, num_gradient_steps)
+                     if config.lr_linear_decay else optax.constant_schedule(config.lr))
+    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.radam(learning_rate))
 
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
@@ -418,18 +415,17 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         random_action = jax.random.randint(key_action, greedy.shape, 0, num_actions)
         return jnp.where(jax.random.uniform(key_explore, greedy.shape) < epsilon, random_action, greedy)
 
-    def init(key, hparams):
-        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
+    def init(key):
         key, key_params, key_reset = jax.random.split(key, 3)
         variables = network.init(key_params, jnp.zeros((1, *obs_shape)))
-        state = TrainState(variables, optimizer(hp).init({"params": variables["params"]}))
+        state = TrainState(variables, optimizer.init({"params": variables["params"]}))
         obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
-        return hp, state, env_state, obs, jnp.float32(jnp.nan), key
+        return state, env_state, obs, jnp.float32(jnp.nan), key
 
     def update(carry, update_index):
-        hp, state, env_state, obs, latest_eval_return, key = carry
+        state, env_state, obs, latest_eval_return, key = carry
         key, key_rollout, key_learn, key_eval = jax.random.split(key, 4)
-        epsilon = optax.linear_schedule(config.eps_start, hp["eps_finish"], eps_decay_updates)(update_index)
+        epsilon = optax.linear_schedule(config.eps_start, config.eps_finish, eps_decay_updates)(update_index)
 
         # COLLECT ROLLOUT
         def env_step(carry, key):
@@ -442,7 +438,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
                 keys, env_state, action, env_params
             )
             transition = Transition(
-                obs, action, hp["reward_scale"] * reward, terminated, terminated | truncated,
+                obs, action, config.reward_scale * reward, terminated, terminated | truncated,
                 q_values.max(-1), info["final_observation"],
             )
             episode = (info["episode_done"], info["episode_return"], info["episode_length"])
@@ -466,7 +462,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         )
         next_q_max = jnp.where(rollout.done, final_q_max, next_q_max)
         targets = lambda_returns(
-            rollout.reward, rollout.terminated, rollout.done, next_q_max, hp["gamma"], hp["td_lambda"]
+            rollout.reward, rollout.terminated, rollout.done, next_q_max, config.gamma, config.td_lambda
         )
 
         # UPDATE NETWORK
@@ -482,7 +478,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             weights = {"params": state.params["params"]}
             (loss, (q_mean, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 weights, state.params, *minibatch)
-            updates, opt_state = optimizer(hp).update(grads, state.opt_state, weights)
+            updates, opt_state = optimizer.update(grads, state.opt_state, weights)
             variables = {**optax.apply_updates(weights, updates), **batch_stats}
             return TrainState(variables, opt_state), (loss, q_mean)
 
@@ -516,7 +512,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             "td_loss": losses.mean(),
             "q_mean": q_means.mean(),
             "epsilon": epsilon,
-            "learning_rate": learning_rate(hp)((update_index + 1) * config.num_epochs * config.num_minibatches),
+            "learning_rate": learning_rate((update_index + 1) * config.num_epochs * config.num_minibatches),
             "eval_return": eval_return,
         }
         if progress is not None:
@@ -529,9 +525,9 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
                 ),
                 lambda: None,
             )
-        return (hp, state, env_state, obs, latest_eval_return, key), metrics
+        return (state, env_state, obs, latest_eval_return, key), metrics
 
-    return runlog.Program(init, update, sizes.num_updates, result=lambda carry: carry[1])
+    return runlog.Program(init, update, sizes.num_updates, result=lambda carry: carry[0])
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
@@ -554,7 +550,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         print(f"{NAME} on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid}: {schedule} "
               f"-> {run_dir}", flush=True)
     state, metrics, compile_seconds, train_seconds = runlog.run_program(
-        program, keys, run_dir, config.num_checkpoints, config.resume,
+        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
     summaries, curves = [], []
     for directory, run_config, run_state, run_metrics in runlog.sweep_runs(

@@ -597,10 +597,10 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (RunState, metrics)` runs it
     in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
-    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
+    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
     `progress`, if given, is called from inside the run (host callback) after every iteration.
     """
-    sizes = derive_sizes(config)
+    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
     env, env_params, spec = make_env(config)
     evaluate = make_evaluation(config)
     protagonist_actor = Actor(spec.action_dim, config.hidden_size, config.num_layers)
@@ -615,9 +615,9 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     num_envs = config.num_envs
 
-    def optimizers(hp):
-        """Adam for an actor, its critics and log α, at the run's (possibly swept) learning rates."""
-        return optax.adam(hp["actor_lr"]), optax.adam(hp["critic_lr"]), optax.adam(hp["alpha_lr"])
+    # Adam for the actor, the twin critics and log α of each player.
+    actor_optimizer, critic_optimizer, alpha_optimizer = (optax.adam(config.actor_lr), optax.adam(config.critic_lr),
+                                                          optax.adam(config.alpha_lr))
 
     def sample_temperatures(curriculum: Curriculum, key, iteration):
         """α_adv of this iteration's episodes, one per env, used in both phases."""
@@ -627,12 +627,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             return jnp.full(num_envs, linear_temperature(iteration, sizes.num_iterations, initial_mean, target_mean))
         return jax.random.gamma(key, curriculum.shape, (num_envs,)) / config.temperature_rate
 
-    def gradient_update(hp, player: Player, actor: nn.Module, batch: Transition, key, learned_alpha: bool,
+    def gradient_update(player: Player, actor: nn.Module, batch: Transition, key, learned_alpha: bool,
                         target_entropy: float, actor_learns):
         """One SAC update of a player, actor first as in the authors' code. A learned α is tuned to the
         target entropy; otherwise α is each sample's α_adv (read back from the temperature feature).
         `actor_learns` (traced) keeps the actor and α as they are until the buffer holds actor_starts."""
-        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
         key_actor, key_next = jax.random.split(key)
         if learned_alpha:
             alpha = jnp.exp(player.log_alpha)
@@ -663,7 +662,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         next_action, next_log_prob = squashed_gaussian(*actor.apply(actor_params, batch.next_obs)).sample_and_log_prob(
             seed=key_next)
         next_q = critic.apply(player.target_critic, batch.next_obs, next_action).min(0)
-        targets = critic_targets(batch.reward, batch.terminated, next_q, next_alpha * next_log_prob, hp["gamma"])
+        targets = critic_targets(batch.reward, batch.terminated, next_q, next_alpha * next_log_prob, config.gamma)
 
         def critic_loss_fn(params):
             return 0.5 * ((critic.apply(params, batch.obs, batch.action) - targets) ** 2).mean(-1).sum()
@@ -671,11 +670,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         critic_loss, grads = jax.value_and_grad(critic_loss_fn)(player.critic)
         updates, critic_opt = critic_optimizer.update(grads, player.critic_opt)
         critic_params = optax.apply_updates(player.critic, updates)
-        target_critic = optax.incremental_update(critic_params, player.target_critic, hp["tau"])
+        target_critic = optax.incremental_update(critic_params, player.target_critic, config.tau)
         return Player(actor_params, critic_params, target_critic, log_alpha, actor_opt, critic_opt, alpha_opt,
                       player.critic_updates + 1, player.actor_updates + actor_learns), critic_loss
 
-    def learn(hp, player: Player, actor: nn.Module, buffer: Buffer, key, num_updates, learned_alpha: bool,
+    def learn(player: Player, actor: nn.Module, buffer: Buffer, key, num_updates, learned_alpha: bool,
               target_entropy: float):
         """`num_updates` gradient updates (0 while the buffer is short of learning_starts)."""
         num_updates = jnp.where(buffer.size >= config.learning_starts, num_updates, 0)
@@ -684,14 +683,14 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             player, loss_sum = carry
             key_sample, key_loss = jax.random.split(jax.random.fold_in(key, i))
             batch = buffer_sample(buffer, key_sample, config.batch_size)
-            player, loss = gradient_update(hp, player, actor, batch, key_loss, learned_alpha, target_entropy,
+            player, loss = gradient_update(player, actor, batch, key_loss, learned_alpha, target_entropy,
                                            buffer.size >= config.actor_starts)
             return player, loss_sum + loss
 
         player, loss_sum = jax.lax.fori_loop(0, num_updates, one_update, (player, jnp.float32(0.0)))
         return player, loss_sum, num_updates
 
-    def run_phase(hp, state: RunState, temperatures, key, learner: str):
+    def run_phase(state: RunState, temperatures, key, learner: str):
         """One episode of phase_steps steps in every env; only `learner` ("protagonist" or "adversary")
         stores its transitions and learns, one update per update_every of them."""
         learns_protagonist = learner == "protagonist"
@@ -723,14 +722,14 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             buffer = buffer_add(getattr(state, buffer_name), transition, running)
             stored_after = stored + running.sum()
             due = stored_after // config.update_every - stored // config.update_every
-            player, loss_sum, num_updates = learn(hp, getattr(state, learner), actor, buffer, key_update, due,
+            player, loss_sum, num_updates = learn(getattr(state, learner), actor, buffer, key_update, due,
                                                   learned_alpha, target_entropy)
 
             undiscounted = undiscounted + jnp.where(running, reward, 0.0)
             discounted = discounted + jnp.where(running, discount * reward, 0.0)
             state = state._replace(steps=state.steps + running.sum(), **{buffer_name: buffer, learner: player})
             carry = (state, next_obs, env_state, running & ~done, undiscounted, discounted,
-                     discount * hp["gamma"], stored_after)
+                     discount * config.gamma, stored_after)
             return carry, (loss_sum, num_updates)
 
         carry = (state, obs, env_state, jnp.ones(num_envs, bool), jnp.zeros(num_envs), jnp.zeros(num_envs),
@@ -740,8 +739,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         critic_loss = loss_sum.sum() / jnp.where(num_updates.sum() > 0, num_updates.sum(), jnp.nan)
         return state, undiscounted, discounted, critic_loss
 
-    def init_player(hp, key, actor: nn.Module, action_dim: int) -> Player:
-        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
+    def init_player(key, actor: nn.Module, action_dim: int) -> Player:
         key_actor, key_critic = jax.random.split(key)
         obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
         actor_params, critic_params = actor.init(key_actor, obs), critic.init(key_critic, obs, action)
@@ -756,33 +754,32 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
                                  jnp.zeros(capacity), jnp.zeros(capacity), jnp.zeros((capacity, obs_dim))),
                       jnp.int32(0), jnp.int32(0))
 
-    def init(key, hparams):
-        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
+    def init(key):
         key, key_pro, key_adv = jax.random.split(key, 3)
         capacity = sizes.curriculum_capacity
         curriculum = Curriculum(jnp.float32(config.initial_shape), jnp.zeros(capacity), jnp.zeros(capacity),
                                 jnp.int32(0))
-        state = RunState(init_player(hp, key_pro, protagonist_actor, spec.action_dim),
-                         init_player(hp, key_adv, adversary_actor, spec.adversary_dim),
+        state = RunState(init_player(key_pro, protagonist_actor, spec.action_dim),
+                         init_player(key_adv, adversary_actor, spec.adversary_dim),
                          empty_buffer(spec.action_dim), empty_buffer(spec.adversary_dim), curriculum,
                          jnp.zeros(num_envs), jnp.int32(0))
-        return hp, state, key
+        return state, key
 
     def update(carry, index):
         """One iteration: temperatures, an adversary phase, a protagonist phase, the curriculum, an evaluation
         if due."""
-        hp, state, key = carry
+        state, key = carry
         key, key_temp, key_adv, key_pro, key_eval = jax.random.split(key, 5)
         temperatures = sample_temperatures(state.curriculum, key_temp, index)
         # ADVERSARY PHASE (none with the adversary off: plain SAC gets the protagonist's budget)
         adversary_loss = adversary_phase_return = jnp.float32(jnp.nan)
         if adversary_on:
             state, adversary_returns, adversary_discounted, adversary_loss = run_phase(
-                hp, state, temperatures, key_adv, "adversary")
+                state, temperatures, key_adv, "adversary")
             adversary_phase_return = adversary_returns.mean()
         # PROTAGONIST PHASE (the same temperatures)
         state, protagonist_returns, protagonist_discounted, protagonist_loss = run_phase(
-            hp, state, temperatures, key_pro, "protagonist")
+            state, temperatures, key_pro, "protagonist")
         state = state._replace(temperature=temperatures)
 
         # CURRICULUM UPDATE (self-paced): both phases' (α_adv, discounted return) pairs; every
@@ -799,8 +796,8 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             curriculum_return = jnp.concatenate([adversary_discounted, protagonist_discounted]).mean()
             ready = curriculum.count >= sizes.curriculum_capacity
             shape = self_paced_update(curriculum.shape, curriculum.temperatures, curriculum.returns,
-                                      config.temperature_rate, config.target_shape, hp["kl_bound"],
-                                      hp["return_bound"], config.initial_shape)
+                                      config.temperature_rate, config.target_shape, config.kl_bound,
+                                      config.return_bound, config.initial_shape)
             curriculum = curriculum._replace(shape=jnp.where(ready, shape, curriculum.shape),
                                              count=jnp.where(ready, 0, curriculum.count))
             state = state._replace(curriculum=curriculum)
@@ -841,9 +838,9 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         if progress is not None:
             jax.debug.callback(lambda m: progress(**m), {k: metrics[k] for k in (
                 "env_steps", "episode_return", "adversary_phase_return", "temperature", "eval_return")})
-        return (hp, state, key), metrics
+        return (state, key), metrics
 
-    return runlog.Program(init, update, sizes.num_iterations, result=lambda carry: carry[1])
+    return runlog.Program(init, update, sizes.num_iterations, result=lambda carry: carry[0])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -932,7 +929,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         print(f"{NAME} on {config.env_id} ({config.preset} preset, {mode}), {config.num_seeds} seed(s){grid} x "
               f"{sizes.num_iterations} iterations: {schedule} -> {run_dir}", flush=True)
     state, metrics, compile_seconds, train_seconds = runlog.run_program(
-        program, keys, run_dir, config.num_checkpoints, config.resume,
+        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
 
     summaries, curves = [], []

@@ -420,11 +420,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
     in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
-    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
+    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
     `progress`, if given, is called from inside the run (host callback) every ~1% of it. Bad configs
     raise here, before anything is compiled.
     """
-    sizes = derive_sizes(config)
+    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
     env, env_params, action_dim, (action_low, action_high) = make_env(config)
     obs_dim = env.observation_space(env_params).shape[0]
     actor = Actor(action_dim, config.hidden_size, config.num_layers)
@@ -434,9 +434,9 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     eval_steps = int(env_params.max_steps_in_episode)
 
-    def optimizers(hp):
-        """Adam for the actor, the twin critics and log α, at the run's (possibly swept) learning rates."""
-        return optax.adam(hp["actor_lr"]), optax.adam(hp["critic_lr"]), optax.adam(hp["alpha_lr"])
+    # Adam for the actor, the twin critics and log α.
+    actor_optimizer, critic_optimizer, alpha_optimizer = (optax.adam(config.actor_lr), optax.adam(config.critic_lr),
+                                                          optax.adam(config.alpha_lr))
 
     def normalize(stats: RunningStats, obs):
         if not config.normalize_observations:
@@ -467,9 +467,8 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, eval_steps))
         return first_return.mean()
 
-    def gradient_update(hp, state: TrainState, batch: Transition, key):
+    def gradient_update(state: TrainState, batch: Transition, key):
         """One SAC update: critics, then actor (against the new critics), then temperature, then targets."""
-        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
         key_next, key_actor = jax.random.split(key)
         obs, next_obs = normalize(state.obs_stats, batch.obs), normalize(state.obs_stats, batch.next_obs)
         alpha = jnp.exp(state.log_alpha)
@@ -477,8 +476,8 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         # CRITIC UPDATE
         next_action, next_log_prob = sample_action(state.actor, next_obs, key_next)
         next_q_min = critic.apply(state.target_critic, next_obs, next_action).min(0)
-        targets = critic_targets(hp["reward_scale"] * batch.reward, batch.terminated.astype(jnp.float32),
-                                 next_q_min, next_log_prob, alpha, hp["gamma"])
+        targets = critic_targets(config.reward_scale * batch.reward, batch.terminated.astype(jnp.float32),
+                                 next_q_min, next_log_prob, alpha, config.gamma)
 
         def critic_loss_fn(params):
             q = critic.apply(params, obs, batch.action)  # [2, batch]
@@ -504,21 +503,19 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         log_alpha = optax.apply_updates(state.log_alpha, updates)
 
         # TARGET CRITICS (Polyak averaging)
-        target_critic = optax.incremental_update(critic_params, state.target_critic, hp["tau"])
+        target_critic = optax.incremental_update(critic_params, state.target_critic, config.tau)
         state = TrainState(actor_params, critic_params, target_critic, log_alpha, actor_opt, critic_opt,
                            alpha_opt, state.obs_stats)
         losses = {"critic_loss": critic_loss, "actor_loss": actor_loss, "alpha": alpha,
                   "entropy": -log_prob.mean(), "q_mean": q_mean}
         return state, losses
 
-    def init(key, hparams):
-        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
-        actor_optimizer, critic_optimizer, alpha_optimizer = optimizers(hp)
+    def init(key):
         key, key_actor, key_critic, key_reset = jax.random.split(key, 4)
         dummy_obs, dummy_action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
         actor_params = actor.init(key_actor, dummy_obs)
         critic_params = critic.init(key_critic, dummy_obs, dummy_action)
-        log_alpha = jnp.log(hp["init_alpha"])
+        log_alpha = jnp.log(jnp.float32(config.init_alpha))
         state = TrainState(
             actor_params, critic_params, critic_params, log_alpha, actor_optimizer.init(actor_params),
             critic_optimizer.init(critic_params), alpha_optimizer.init(log_alpha),
@@ -531,11 +528,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             jnp.int32(0), jnp.int32(0),
         )
         obs, env_state = reset_envs(jax.random.split(key_reset, config.num_envs), env_params)
-        return hp, state, buffer, env_state, obs, key
+        return state, buffer, env_state, obs, key
 
     def iteration(carry, index):
         """One step of every env into the buffer, then updates_per_iteration gradient updates."""
-        hp, state, buffer, env_state, obs, key = carry
+        state, buffer, env_state, obs, key = carry
         key, key_action, key_random, key_step, key_update = jax.random.split(key, 5)
 
         # COLLECT: one step of every env, uniformly random actions before learning starts
@@ -556,7 +553,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         def learn(state):
             def one_update(state, key):
                 key_sample, key_loss = jax.random.split(key)
-                return gradient_update(hp, state, buffer_sample(buffer, key_sample, config.batch_size), key_loss)
+                return gradient_update(state, buffer_sample(buffer, key_sample, config.batch_size), key_loss)
 
             state, losses = jax.lax.scan(one_update, state,
                                          jax.random.split(key_update, sizes.updates_per_iteration))
@@ -565,7 +562,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         no_losses = {k: jnp.float32(jnp.nan) for k in ("critic_loss", "actor_loss", "alpha", "entropy", "q_mean")}
         state, losses = jax.lax.cond(index >= sizes.random_iterations, learn, lambda s: (s, no_losses), state)
         episodes = (info["episode_done"], info["episode_return"], info["episode_length"])
-        return (hp, state, buffer, env_state, next_obs, key), (losses, episodes)
+        return (state, buffer, env_state, next_obs, key), (losses, episodes)
 
     def update(carry, row_index):
         """iterations_per_row iterations, averaged into one metrics row; an evaluation every eval_every rows."""
@@ -573,7 +570,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         carry, (losses, (done, returns, lengths)) = jax.lax.scan(
             iteration, carry, first + jnp.arange(sizes.iterations_per_row)
         )
-        hp, state, buffer, env_state, obs, key = carry
+        state, buffer, env_state, obs, key = carry
         key, key_eval = jax.random.split(key)
 
         # EVALUATE AND LOG
@@ -596,9 +593,9 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
                 ),
                 lambda: None,
             )
-        return (hp, state, buffer, env_state, obs, key), metrics
+        return (state, buffer, env_state, obs, key), metrics
 
-    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[1])
+    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0])
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
@@ -621,7 +618,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         print(f"{NAME} on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid}: {schedule} "
               f"-> {run_dir}", flush=True)
     state, metrics, compile_seconds, train_seconds = runlog.run_program(
-        program, keys, run_dir, config.num_checkpoints, config.resume,
+        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
     summaries, curves = [], []
     for directory, run_config, run_state, run_metrics in runlog.sweep_runs(

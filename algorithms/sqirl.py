@@ -422,8 +422,8 @@ class Program(runlog.Program):
     """A `runlog.Program` whose result is (TrainState, snapshots). Calling it runs the whole run in one scan
     and returns them flat, (TrainState, snapshots, metrics), as make_train(config)(key) always has."""
 
-    def __call__(self, key, hparams: dict[str, Any] | None = None):
-        (state, snapshots), metrics = super().__call__(key, hparams)
+    def __call__(self, key):
+        (state, snapshots), metrics = super().__call__(key)
         return state, snapshots, metrics
 
 
@@ -433,17 +433,16 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
     checkpointed chunks (init, then `update`, one iteration, scanned).
 
     The snapshots are the frozen parameters of every timestep's policy as one stacked pytree (leading
-    axis = timestep). `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for
-    `--sweep`. `progress`, if given, is called from inside the run every ~1% of the iterations.
+    axis = timestep). Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the
+    swept field traced. `progress`, if given, is called from inside the run every ~1% of the iterations.
     Bad configs raise here, before anything is compiled.
     """
-    sizes = derive_sizes(config)
+    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
     env, env_params, num_actions = make_env(config)
     network = MultiHeadQNetwork(num_actions, config.num_heads, config.hidden_size, config.num_layers,
                                 conv=config.network == "cnn")
 
-    def optimizer(hp):
-        return optax.chain(optax.clip_by_global_norm(hp["max_grad_norm"]), optax.adam(hp["lr"]))
+    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr))
 
     horizon, num_episodes, batch_size = sizes.horizon, config.episodes_per_iteration, config.batch_size
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
@@ -493,11 +492,10 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
             q_taken, targets, loss_average, loss_smoothing, config.normalize_losses)
         return loss, (per_head, loss_average, q_taken[:, -1].mean())
 
-    def init(key, hparams):
-        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
+    def init(key):
         key, key_params = jax.random.split(key)
         params = network.init(key_params, jnp.zeros((1, *obs_shape)))
-        state = TrainState(params, optimizer(hp).init(params), jnp.full(config.num_heads, jnp.nan))
+        state = TrainState(params, optimizer.init(params), jnp.full(config.num_heads, jnp.nan))
         snapshots = jax.tree.map(lambda p: jnp.zeros((horizon, *p.shape), p.dtype), params)
         slots = (sizes.replay_iterations, horizon, num_episodes)
         buffer = Transition(
@@ -506,9 +504,9 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
             valid=jnp.zeros(slots, bool),
         )
         num_stored = jnp.int32(0)  # iterations that added transitions to the ring
-        return hp, state, snapshots, buffer, num_stored, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.nan), key
+        return state, snapshots, buffer, num_stored, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.nan), key
 
-    def collect_and_learn(i, hp, state, snapshots, buffer, num_stored, key):
+    def collect_and_learn(i, state, snapshots, buffer, num_stored, key):
         key_rollout, key_learn = jax.random.split(key)
 
         # COLLECT EPISODES: frozen greedy policies for t < i, uniformly random from t = i on
@@ -521,8 +519,8 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
         obs, action, reward, done, alive = run_episodes(key_rollout, num_episodes, choose)
 
         # MONTE-CARLO RETURNS-TO-GO (of the random policy, from every t >= i)
-        scaled_reward = hp["reward_scale"] * reward
-        mc_return = monte_carlo_returns(scaled_reward, done, hp["gamma"])
+        scaled_reward = config.reward_scale * reward
+        mc_return = monte_carlo_returns(scaled_reward, done, config.gamma)
         valid = alive & (timesteps[:, None] >= i)
         new = Transition(obs.astype(jnp.float32), action, scaled_reward, done, mc_return, valid)
         num_new = valid.sum()
@@ -547,10 +545,10 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
             next_index = jnp.where(timestep < horizon - 1, index + num_episodes, index)  # s_{t+1}
             batch = jax.tree.map(lambda x: x[index], flat)
             next_q = network.apply(state.params, flat.obs[next_index])
-            targets = head_targets(next_q, batch.reward, batch.done, batch.mc_return, hp["gamma"])
+            targets = head_targets(next_q, batch.reward, batch.done, batch.mc_return, config.gamma)
             (loss, (per_head, loss_average, q_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params, batch.obs, batch.action, targets, state.loss_average, hp["loss_smoothing"])
-            updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
+                state.params, batch.obs, batch.action, targets, state.loss_average, config.loss_smoothing)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             state = TrainState(optax.apply_updates(state.params, updates), opt_state, loss_average)
             return state, jax.tree.map(jnp.add, sums, (loss, per_head, q_mean))
 
@@ -574,7 +572,7 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
         }
         return state, snapshots, buffer, num_stored, stats
 
-    def skip(i, hp, state, snapshots, buffer, num_stored, key):
+    def skip(i, state, snapshots, buffer, num_stored, key):
         nan = jnp.float32(jnp.nan)
         stats = {"env_steps_taken": jnp.int32(0), "collected": jnp.int32(0), "episode_return": nan,
                  "episode_length": nan, "loss": nan, **{f"loss_head{j + 1}": nan for j in range(config.num_heads)},
@@ -582,11 +580,11 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
         return state, snapshots, buffer, num_stored, stats
 
     def update(carry, i):  # one iteration: learn and freeze the policy of timestep i
-        hp, state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key = carry
+        state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key = carry
         key, key_iteration, key_eval = jax.random.split(key, 3)
         in_budget = env_steps < config.total_timesteps
         state, snapshots, buffer, num_stored, stats = jax.lax.cond(
-            in_budget, collect_and_learn, skip, i, hp, state, snapshots, buffer, num_stored, key_iteration)
+            in_budget, collect_and_learn, skip, i, state, snapshots, buffer, num_stored, key_iteration)
         env_steps = env_steps + stats.pop("env_steps_taken")
         num_frozen = num_frozen + stats["collected"]
 
@@ -607,9 +605,9 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
                 ),
                 lambda: None,
             )
-        return (hp, state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key), metrics
+        return (state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key), metrics
 
-    return Program(init, update, sizes.num_iterations, result=lambda carry: (carry[1], carry[2]))
+    return Program(init, update, sizes.num_iterations, result=lambda carry: (carry[0], carry[1]))
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
@@ -632,7 +630,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
               f"{config.total_timesteps:,} steps, {runlog.schedule_note(program.num_updates, config.num_checkpoints)} "
               f"-> {run_dir}", flush=True)
     (state, snapshots), metrics, compile_seconds, train_seconds = runlog.run_program(
-        program, keys, run_dir, config.num_checkpoints, config.resume,
+        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
     summaries, curves, iterations = [], [], []
     for directory, run_config, (run_state, run_snapshots), run_metrics in runlog.sweep_runs(

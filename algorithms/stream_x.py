@@ -406,11 +406,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     runs it in one jittable scan over logged rows; `runlog.run_program` runs it in checkpointed chunks (init,
     then `update`, one logged row of steps_per_row agent steps, scanned).
 
-    `hparams` of init overrides the SWEEPABLE values with (possibly traced) numbers, for `--sweep`.
+    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
     `progress`, if given, is called from inside the run every logged row. Bad configs raise here, before
     anything is compiled.
     """
-    sizes = derive_sizes(config)
+    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
     env, env_params, action_spec = make_env(config)
     obs_shape = env.observation_space(env_params).shape
     conv = config.network == "cnn"
@@ -442,7 +442,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
                                                      info["final_observation"])
 
     # STREAM Q(λ)
-    def q_step(state: LearnerState, key, hp):
+    def q_step(state: LearnerState, key):
         key_explore, key_random, key_env = jax.random.split(key, 3)
         q_values, q_vjp = jax.vjp(lambda p: value_net.apply(p, state.obs), state.params)
         greedy = q_values.argmax()
@@ -457,13 +457,13 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         next_q = value_net.apply(state.params, t.final_obs).max()
         delta = td_error(t, q_values[action], next_q, config.gamma, bootstrap_truncation)
         reset = t.terminated | t.truncated | (config.reset_traces_on_explore & (action != greedy))
-        params, traces, step_size = obgd_update(state.params, state.traces, grads, delta, hp["lr"], hp["kappa"],
-                                                config.gamma * hp["td_lambda"], reset)
+        params, traces, step_size = obgd_update(state.params, state.traces, grads, delta, config.lr, config.kappa,
+                                                config.gamma * config.td_lambda, reset)
         return LearnerState(params, traces, env_state, next_obs, state.step + 1), info, {
             "abs_td_error": jnp.abs(delta), "step_size": step_size, "epsilon": epsilon}
 
     # STREAM AC(λ)
-    def ac_step(state: LearnerState, key, hp):
+    def ac_step(state: LearnerState, key):
         key_action, key_env = jax.random.split(key)
         params, traces = state.params, state.traces
         action = policy(params["actor"], state.obs).sample(seed=key_action)
@@ -474,50 +474,49 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
 
         def policy_objective(actor_params):  # log π(a|s) + c sign(δ) H(π(·|s)), ascended with step δ
             dist = policy(actor_params, state.obs)
-            return dist.log_prob(action).sum() + hp["entropy_coeff"] * jnp.sign(delta) * dist.entropy().sum()
+            return dist.log_prob(action).sum() + config.entropy_coeff * jnp.sign(delta) * dist.entropy().sum()
 
         policy_grads = jax.grad(policy_objective)(params["actor"])
         reset = t.terminated | t.truncated
-        trace_decay = config.gamma * hp["td_lambda"]
+        trace_decay = config.gamma * config.td_lambda
         critic, critic_traces, step_size = obgd_update(params["critic"], traces["critic"], value_grads, delta,
-                                                       hp["lr"], hp["kappa"], trace_decay, reset)
+                                                       config.lr, config.kappa, trace_decay, reset)
         actor_params, actor_traces, policy_step_size = obgd_update(
-            params["actor"], traces["actor"], policy_grads, delta, hp["lr"], hp["kappa_policy"], trace_decay, reset)
+            params["actor"], traces["actor"], policy_grads, delta, config.lr, config.kappa_policy, trace_decay, reset)
         state = LearnerState({"actor": actor_params, "critic": critic},
                              {"actor": actor_traces, "critic": critic_traces}, env_state, next_obs, state.step + 1)
         return state, info, {"abs_td_error": jnp.abs(delta), "step_size": step_size,
                              "policy_step_size": policy_step_size}
 
     # STREAM TD(λ)
-    def td_step(state: LearnerState, key, hp):
+    def td_step(state: LearnerState, key):
         key_action, key_env = jax.random.split(key)
         action = env.action_space(env_params).sample(key_action)  # the task's fixed policy
         next_obs, env_state, info, t = env_step(key_env, state.env_state, action)
         v, grads = jax.value_and_grad(value)(state.params, state.obs)
         delta = td_error(t, v, value(state.params, t.final_obs), config.gamma, bootstrap_truncation)
-        params, traces, step_size = obgd_update(state.params, state.traces, grads, delta, hp["lr"], hp["kappa"],
-                                                config.gamma * hp["td_lambda"], t.terminated | t.truncated)
+        params, traces, step_size = obgd_update(state.params, state.traces, grads, delta, config.lr, config.kappa,
+                                                config.gamma * config.td_lambda, t.terminated | t.truncated)
         return LearnerState(params, traces, env_state, next_obs, state.step + 1), info, {
             "abs_td_error": jnp.abs(delta), "step_size": step_size}
 
     agent_step = {"q": q_step, "ac": ac_step, "td": td_step}[config.learner]
 
-    def init(key, hparams):
-        hp = {name: jnp.float32(getattr(config, name)) for name in SWEEPABLE} | hparams
+    def init(key):
         key, key_value, key_actor, key_reset = jax.random.split(key, 4)
         obs, env_state = env.reset(key_reset, env_params)
         params = value_net.init(key_value, jnp.zeros(obs_shape))
         if config.learner == "ac":
             params = {"actor": actor.init(key_actor, jnp.zeros(obs_shape)), "critic": params}
         traces = jax.tree.map(jnp.zeros_like, params)
-        return hp, LearnerState(params, traces, env_state, obs, jnp.int32(0)), key
+        return LearnerState(params, traces, env_state, obs, jnp.int32(0)), key
 
     def update(carry, row_index):  # one logged row: steps_per_row agent steps
-        hp, state, key = carry
+        state, key = carry
         key, key_row = jax.random.split(key)
 
         def step(state, key):
-            state, info, stats = agent_step(state, key, hp)
+            state, info, stats = agent_step(state, key)
             return state, (info["episode_done"], info["episode_return"], info["episode_length"], stats)
 
         state, (done, returns, lengths, stats) = jax.lax.scan(
@@ -538,9 +537,9 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             shown = ("env_steps", "episode_return", "abs_td_error") + (("rms_error",) if "rms_error" in metrics
                                                                        else ())
             jax.debug.callback(lambda m: progress(**m), {k: metrics[k] for k in shown})
-        return (hp, state, key), metrics
+        return (state, key), metrics
 
-    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[1])
+    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0])
 
 
 def final_training_return(metrics: dict[str, np.ndarray], fraction: float = 0.1) -> np.ndarray:
@@ -572,7 +571,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         print(f"{NAME}: stream {config.learner.upper()}(λ) on {config.env_id} ({config.preset} preset), "
               f"{config.num_seeds} seed(s){grid}: {schedule} -> {run_dir}", flush=True)
     state, metrics, compile_seconds, train_seconds = runlog.run_program(
-        program, keys, run_dir, config.num_checkpoints, config.resume,
+        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
         sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
     curve_key = "rms_error" if config.learner == "td" else "episode_return"
     summaries, curves = [], []

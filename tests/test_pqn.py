@@ -161,7 +161,7 @@ def test_batch_norm_is_frozen_when_acting_and_evaluating_and_updated_when_learni
         "--norm", "batch", "--norm-input", "--num-envs", "8", "--num-steps", "16", "--num-minibatches", "2",
         "--num-epochs", "2", "--num-eval-envs", "3", "--total-timesteps", "256", "--num-evals", "1", "--quiet"])
     program = pqn.make_train(config)
-    init = jax.jit(lambda key: program.init(key, {}))
+    init = jax.jit(program.init)
     carry = init(jax.random.PRNGKey(0))
     carry, _ = jax.jit(program.update)(carry, jnp.int32(0))
     shapes = {shape: set() for shape, _ in calls}
@@ -173,8 +173,8 @@ def test_batch_norm_is_frozen_when_acting_and_evaluating_and_updated_when_learni
     for shape, modes in shapes.items():
         assert modes == ({False} if shape[0] == 64 else {True}), (shape, modes)
     # the learning pass moved the running averages away from their initial values (mean 0, var 1)
-    before = init(jax.random.PRNGKey(0))[1].params["batch_stats"]
-    after = carry[1].params["batch_stats"]
+    before = init(jax.random.PRNGKey(0))[0].params["batch_stats"]
+    after = carry[0].params["batch_stats"]
     assert sorted(after) == [f"RecordingBatchNorm_{i}" for i in range(3)]
     for name in after:
         assert not np.array_equal(after[name]["mean"], before[name]["mean"]), name

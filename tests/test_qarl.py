@@ -114,7 +114,7 @@ def tiny_run(flags=()):
 def test_learned_alpha_starts_at_0_005():
     for curriculum in ("self-paced", "rarl"):
         config = runlog.parse_config(qarl.Config, qarl.PRESETS, [*TINY, "--curriculum", curriculum])
-        _, state, _ = qarl.make_train(config).init(jax.random.PRNGKey(0), {})
+        state, _ = qarl.make_train(config).init(jax.random.PRNGKey(0))
         assert float(state.protagonist.log_alpha) == pytest.approx(-5.298, abs=1e-3)  # log 0.005, the authors' -5.30
         if curriculum == "rarl":
             assert float(state.adversary.log_alpha) == pytest.approx(-5.298, abs=1e-3)

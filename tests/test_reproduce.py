@@ -121,8 +121,9 @@ def test_resume_does_not_retrain(cartpole_out, monkeypatch):
     assert not reproduce.is_done(summary.parent, 3)  # more seeds than are there: that run would be redone
 
 
-@pytest.mark.parametrize("name", ["pqn-minatar", "pqn-normalization", "stream-q-minatar", "sqirl-horizon", "qarl-robustness", "iwocs-worst-case",
-                                  pytest.param("sac-brax", marks=pytest.mark.slow)])
+# sac-brax and stream-ac-brax draw as the others do; their brax runs are compiled by the SAC and stream AC tests.
+@pytest.mark.parametrize("name", ["pqn-minatar", "pqn-normalization", "stream-q-minatar", "sqirl-horizon",
+                                  "qarl-robustness", "iwocs-worst-case"])
 def test_tiny_run_of_each_figure(name, tmp_path):
     path = reproduce.reproduce(name, "tiny", out=tmp_path, log=lambda _: None)
     assert path.exists() and path.stat().st_size > 1000

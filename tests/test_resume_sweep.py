@@ -25,6 +25,10 @@ SWEEPS = {
     "sqirl": ("lr", (1e-4, 1e-3, 1e-2)),
     "stream_x": ("td_lambda", (0.2, 0.5, 0.9)),
 }
+# Flags under which every SWEEPABLE name acts within a TINY run, and names a preset does not use.
+CHANGING = {"qarl": ["--return-bound", "-1e9", "--actor-starts", "100"]}  # curriculum moves at once; actor learns
+ABSENT = {"stream_x": ("kappa_policy", "entropy_coeff")}  # stream AC's; TINY runs stream Q
+ALTERED = {"qarl": {"return_bound": 1e9}}  # a bound no batch meets: the curriculum never moves (others: a tenth)
 # IWOCS resumes by stage (tests/test_iwocs.py); SAC below, cut after learning started, in a sweep.
 RESUMABLE = ["pqn", "qarl", "sqirl", "stream_x"]
 
@@ -59,68 +63,37 @@ def test_resume_ends_where_an_uninterrupted_run_ends(name, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
-def test_each_swept_value_runs_as_if_alone(name, tmp_path, monkeypatch):
-    """A sweep's run for one value is bit for bit that value's run with no other value beside it, and the
-    values do make different runs.
-
-    The reference is the same program (same main, same shapes, same compiled code) with the swept value in
-    every slot: its middle slot then has no neighbour with another value, and any cross-talk between the
-    values of a sweep (or a directory holding another value's run) would show. A batched program compared
-    with an unbatched one would be a different float program, equal only up to rounding that a learner
-    accumulates differently on different CPUs (AVX2 vs AVX-512), so no such comparison is made here.
-    """
-    module = import_module(f"algorithms.{name}")
-    param, values = SWEEPS[name]
-    flags = [*TINY[name], "--num-seeds", "2", "--quiet", "--sweep", f"{param}=" + ",".join(f"{v:g}" for v in values)]
-    summaries = module.main([*flags, "--run-dir", str(tmp_path / "sweep")])
-    assert len(summaries) == 3
-    for value in values:
-        config = json.loads((tmp_path / "sweep" / f"{param}={value:g}" / "config.json").read_text())
-        assert config[param] == pytest.approx(value) and config["sweep"] == ""
-
-    middle = values[1]
-    run_program = runlog.run_program
-
-    def with_middle_everywhere(*args, sweep=None, **kwargs):
-        return run_program(*args, sweep=(sweep[0], (middle,) * len(sweep[1])), **kwargs)
-
-    monkeypatch.setattr(runlog, "run_program", with_middle_everywhere)
-    module.main([*flags, "--run-dir", str(tmp_path / "alone")])  # directories keep the sweep's names
-    monkeypatch.undo()
-
-    directory = f"{param}={middle:g}"
-    for swept, alone in zip(read_metrics(tmp_path / "sweep" / directory, 2),
-                            read_metrics(tmp_path / "alone" / directory, 2)):
-        for column in swept.dtype.names:
-            np.testing.assert_array_equal(swept[column], alone[column], err_msg=f"{directory}: {column}")
-    for swept, alone in zip(leaves(tmp_path / "sweep" / directory / "checkpoint.msgpack"),
-                            leaves(tmp_path / "alone" / directory / "checkpoint.msgpack"), strict=True):
-        np.testing.assert_array_equal(swept, alone)
-    # The flag reaches the computation: the other values' runs differ from the middle one.
-    for value in (values[0], values[2]):
-        other = read_metrics(tmp_path / "sweep" / f"{param}={value:g}", 2)
-        assert any(not np.array_equal(a[c], b[c], equal_nan=True) for a, b in
-                   zip(other, read_metrics(tmp_path / "sweep" / directory, 2)) for c in a.dtype.names), value
-
-
-@pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_a_swept_value_replaces_the_config_value_everywhere(name):
-    """Overriding a hyperparameter (what --sweep does) leaves nothing of the config's value in the program:
-    the traced program is the same whatever the config says, so `--lr X` and a sweep's X are the same run
-    up to XLA folding the config's value as a constant. A computation that read `config.<name>` instead of
-    the swept value would leave its value in the program, and sweeping it would silently do nothing."""
+    """What --sweep runs (the program built from `runlog.with_values(config, {name: traced value})`) keeps
+    nothing of the config's own value: the traced program is the same whatever the config said."""
     module = import_module(f"algorithms.{name}")
     param, values = SWEEPS[name]
 
     def traced_program(config_value):
         config = runlog.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet",
                                                                      f"--{param.replace('_', '-')}", f"{config_value:g}"])
-        program = module.make_train(config)
-        jaxpr = jax.make_jaxpr(lambda key, value: program(key, {param: value}))(runlog.seed_keys(0, 1)[0],
-                                                                                 jax.numpy.float32(values[1]))
+        jaxpr = jax.make_jaxpr(lambda key, value: runlog.program_with(module.make_train, config, {param: value})(key))(
+            runlog.seed_keys(0, 1)[0], jax.numpy.float32(values[1]))
         return str(jaxpr)
 
     assert traced_program(values[0]) == traced_program(values[2])
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_every_sweepable_name_is_read(name):
+    """Each name in the file's SWEEPABLE reaches the computation when swept (runlog checks this before it
+    compiles a sweep), and a name the computation never reads is refused with the fix."""
+    module = import_module(f"algorithms.{name}")
+    config = runlog.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet"])
+    program = module.make_train(config)
+    for param in module.SWEEPABLE:
+        if name == "stream_x" and param in ("kappa_policy", "entropy_coeff"):  # the actor's: stream AC only
+            config = runlog.parse_config(module.Config, module.PRESETS, ["--preset", "pendulum-ac", "--quiet"])
+        traced = jax.jit(lambda key, value: runlog.program_with(module.make_train, config, {param: value})(key)).trace(
+            runlog.seed_keys(0, 1)[0], jax.numpy.float32(getattr(config, param)))
+        assert runlog._unread_inputs(traced, {param: 0}, [param]) == [], param
+    unread = jax.jit(lambda key, value: program(key)).trace(runlog.seed_keys(0, 1)[0], jax.numpy.float32(1))
+    assert runlog._unread_inputs(unread, {"gamma": 0}, ["gamma"]) == ["gamma"]
 
 
 def test_sweep_errors_say_what_can_be_swept():
@@ -165,3 +138,44 @@ def test_sac_resumes_a_sweep_cut_after_learning_started_with_normalized_observat
                 np.testing.assert_array_equal(a[column], b[column], err_msg=f"{value}: {column}")
         alpha = read_metrics(whole, 2)[0]["alpha"]
         assert alpha[0] != config["init_alpha"] or alpha[1] != config["init_alpha"], "α never moved"
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_every_sweepable_name_changes_the_run_and_each_value_runs_as_if_alone(name, tmp_path):
+    """One program sweeps every SWEEPABLE name jointly: slot 0 has the config's values, slot i changes only the
+    i-th name (to a tenth, or ALTERED). Each slot's metrics differ from slot 0's (every name reaches the
+    computation), and slot 0 is bit for bit slot 0 of the same program with the config's values in every slot.
+
+    That reference is the same program (same shapes, same compiled code): its slot 0 has no neighbour with
+    another value, and any cross-talk between the values of a sweep would show. A batched program compared with
+    an unbatched one would be a different float program, equal only up to rounding that a learner accumulates
+    differently on different CPUs (AVX2 vs AVX-512), so no such comparison is made here. (The run directories
+    of a sweep through main: tests/test_cli.py's copied files.)
+    """
+    module = import_module(f"algorithms.{name}")
+    config = runlog.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet", *CHANGING.get(name, [])])
+    names = [p for p in module.SWEEPABLE if p not in ABSENT.get(name, ())]
+    base = [float(getattr(config, p)) for p in names]
+    altered = [ALTERED.get(name, {}).get(p, 0.1 * base[i]) for i, p in enumerate(names)]
+
+    def run(values):
+        sweep = {p: tuple(values(i, j) for j in range(len(names) + 1)) for i, p in enumerate(names)}
+        state, metrics, _, _ = runlog.run_program(module.make_train, config, runlog.seed_keys(0, 2), tmp_path,
+                                                  sweep=sweep)
+        return state, metrics
+
+    state, metrics = run(lambda i, j: altered[i] if j == i + 1 else base[i])
+    for i, p in enumerate(names):
+        assert any(not np.array_equal(m[0], m[i + 1], equal_nan=True) for m in metrics.values()), p
+    alone_state, alone_metrics = run(lambda i, j: base[i])
+    for column in metrics:
+        np.testing.assert_array_equal(metrics[column][0], alone_metrics[column][0], err_msg=column)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b[0]), state, alone_state)
+
+
+def test_sweeping_a_name_the_computation_never_reads_is_an_error(tmp_path, monkeypatch):
+    """As if a copy listed a new name in SWEEPABLE but its code never read it: refused before the run compiles."""
+    pqn = import_module("algorithms.pqn")
+    monkeypatch.setattr(pqn, "SWEEPABLE", (*pqn.SWEEPABLE, "num_checkpoints"))
+    with pytest.raises(ValueError, match="never reads config.num_checkpoints"):
+        pqn.main([*TINY["pqn"], "--quiet", "--sweep", "num_checkpoints=1,2", "--run-dir", str(tmp_path)])

@@ -139,14 +139,14 @@ def test_pqn_lambda_returns_bootstrap_from_the_final_observation_at_time_limits(
                                  num_minibatches=1, num_epochs=1, num_eval_envs=2, num_evals=1, gamma=GAMMA,
                                  td_lambda=0.5, reward_scale=1.0, quiet=True)
     program = pqn.make_train(config)
-    carry = program.init(jax.random.PRNGKey(0), {})
+    carry = program.init(jax.random.PRNGKey(0))
     jax.block_until_ready(jax.jit(program.update)(carry, 0))
     jax.effects_barrier()
     (rewards, terminated, done, next_q_max, gamma, td_lambda), returns = calls[0]
 
     network = pqn.QNetwork(2, config.hidden_size, config.num_layers, conv=False, norm=config.norm,
                            norm_input=config.norm_input, obs_divisor=config.obs_divisor)
-    params = carry[1].params  # the targets of the first update use the initial parameters
+    params = carry[0].params  # the targets of the first update use the initial parameters
 
     def q_max(obs):
         return float(network.apply(params, jnp.asarray(obs)[None]).max(-1)[0])
@@ -184,11 +184,11 @@ def test_sac_stores_final_observations_and_cuts_only_terminal_targets(two_ending
     program = sac.make_train(config)
     num_rows = sac.derive_sizes(config).num_rows
     carry, _ = jax.jit(lambda c: jax.lax.scan(program.update, c, jnp.arange(num_rows)))(
-        program.init(jax.random.PRNGKey(0), {}))
+        program.init(jax.random.PRNGKey(0)))
     jax.effects_barrier()
 
     # The buffer, written by the file's rollout: every transition's next_obs is the env's true next observation.
-    buffer = jax.tree.map(np.asarray, carry[2].data)
+    buffer = jax.tree.map(np.asarray, carry[1].data)
     t, kind, term, trunc, next_obs = steps_from_rewards(buffer.reward)
     assert term.any() and trunc.any()
     np.testing.assert_array_equal(buffer.terminated, term)  # a time limit is not stored as terminal
@@ -218,13 +218,13 @@ def test_stream_x_td_error_at_time_limits(two_endings, monkeypatch, learner, tim
                                  lr=1e-30, gamma=GAMMA, normalize_observations=False, scale_rewards=False,
                                  time_feature=time_feature, hidden_size=16, quiet=True)
     program = stream_x.make_train(config)
-    hp, state, key = program.init(jax.random.PRNGKey(0), {})
+    state, key = program.init(jax.random.PRNGKey(0))
     # The output layer starts at zero (V = 0 everywhere, which could not tell observations apart): random
     # parameters instead. With α = 1e-30 they stay these to float32 precision, so V of any observation is known.
     leaves, tree = jax.tree.flatten(state.params)
     params = jax.tree.unflatten(tree, [0.5 * jax.random.normal(k, x.shape) for k, x in
                                        zip(jax.random.split(jax.random.PRNGKey(1), len(leaves)), leaves)])
-    jax.block_until_ready(jax.jit(program.update)((hp, state._replace(params=params), key), 0))
+    jax.block_until_ready(jax.jit(program.update)((state._replace(params=params), key), 0))
     jax.effects_barrier()
     assert len(calls) == 30
     num_outputs = (2 if learner == "q" else 1)
@@ -265,10 +265,10 @@ def test_sqirl_stops_returns_and_backups_at_every_episode_end(two_endings, monke
                                  episodes_per_iteration=8, num_epochs=2, batch_size=16, hidden_size=16,
                                  num_eval_envs=2, num_evals=1, gamma=GAMMA, quiet=True)
     program = sqirl.make_train(config)
-    carry = jax.jit(program.update)(program.init(jax.random.PRNGKey(0), {}), 0)[0]
+    carry = jax.jit(program.update)(program.init(jax.random.PRNGKey(0)), 0)[0]
     jax.effects_barrier()
 
-    buffer = jax.tree.map(lambda x: np.asarray(x)[0], carry[3])  # iteration 0's slot: [H, episodes]
+    buffer = jax.tree.map(lambda x: np.asarray(x)[0], carry[2])  # iteration 0's slot: [H, episodes]
     kind = buffer.obs[0, :, 1].astype(int)
     assert (kind == 0).any() and (kind == 1).any()
     for episode, k in enumerate(kind):
@@ -361,8 +361,8 @@ def test_qarl_buffers_and_targets_of_both_players_at_the_horizon(two_endings, mo
                                  learning_starts=8, actor_starts=8, batch_size=16, hidden_size=16, gamma=GAMMA,
                                  curriculum_batch=8, num_evals=1, num_eval_envs=2, quiet=True)
     program = qarl.make_train(config)
-    (_, state, _), _ = jax.jit(lambda c: jax.lax.scan(program.update, c, jnp.arange(4)))(
-        program.init(jax.random.PRNGKey(0), {}))
+    (state, _), _ = jax.jit(lambda c: jax.lax.scan(program.update, c, jnp.arange(4)))(
+        program.init(jax.random.PRNGKey(0)))
     jax.effects_barrier()
 
     # Each player's buffer, written by the phases: the adversary's reward is the negated protagonist reward;
