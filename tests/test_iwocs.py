@@ -350,14 +350,15 @@ def test_saved_state_comes_back_with_its_types(tmp_path):
 # Learning
 
 
-LEARNING = ["--num-seeds", "4", "--total-timesteps", "24000", "--updates-per-env-step", "1.0", "--hidden-size", "64",
+LEARNING = ["--num-seeds", "3", "--total-timesteps", "24000", "--updates-per-env-step", "1.0", "--hidden-size", "64",
             "--batch-size", "128", "--quiet"]
 TOLERANCE = 100.0  # return units; pendulum returns span about -1600 (bad) to -150 (good) per episode
 
 
 @pytest.mark.slow
 def test_iwocs_worst_case_beats_nominal_and_matches_dr_on_pendulum(tmp_path):
-    """Same total budget for the three methods (24k env steps per seed), 4 seeds, 10x10 grid."""
+    """Same total budget for the three methods (24k env steps per seed), 3 seeds (4 until 2026-12-03, for CI
+    time), 10x10 grid."""
     iwocs.main(LEARNING + ["--run-dir", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())["methods"]
     worst = {method: r["worst_mean"] for method, r in results.items()}
@@ -365,9 +366,9 @@ def test_iwocs_worst_case_beats_nominal_and_matches_dr_on_pendulum(tmp_path):
     assert worst["IWOCS"] >= worst["nominal SAC"] - TOLERANCE
     assert worst["IWOCS"] >= worst["DR SAC"] - TOLERANCE
     # Absolute floor: zero torque on the same grid (10 x 10 models, 30 episodes each) averages about -1254 (worst
-    # -1526). IWOCS's grid average (the README's learning check: -614 +- 276 over these 4 seeds) must beat it by
-    # 300. Its worst case (there -1344 +- 410; -1031 on 2026-12-03) does not beat zero torque's reliably at this
-    # budget, so the floor is on the average.
+    # -1526). IWOCS's grid average (docs/iwocs.md's learning check: -614 +- 276 over 4 seeds; -506 with these 3
+    # seeds on 2026-12-03) must beat it by 300. Its worst case (there -1344 +- 410; -1006 with these 3 seeds) does
+    # not beat zero torque's reliably at this budget, so the floor is on the average.
     config = json.loads((tmp_path / "config.json").read_text())
     env, env_params = envs.make(config["env_id"])
     zero_torque = envs.make_grid_evaluator(env, env_params, envs.uncertainty_set(config["uncertainty_set"]),
