@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -296,6 +296,8 @@ class Program:
                              buffer, PRNG key)
     update(carry, index) -> (carry, metrics)   one update, scanned over index = 0 .. num_updates - 1
     result(carry) -> what the file keeps at the end (e.g. its TrainState)
+    act(result, obs) -> env action, evaluate(result, key) -> return: optional, the policy the run evaluates and
+                             its evaluation, for the file's `trained_policy` (scripts/evaluate.py)
 
     Calling the program runs it in one scan: `make_train(config)(key)` -> (result, metrics). Hyperparameters are
     read from the config `make_train` was given, and nowhere else: under `--sweep`, `run_program` builds the
@@ -308,6 +310,8 @@ class Program:
     update: Callable
     num_updates: int
     result: Callable = lambda carry: carry
+    act: Callable | None = None
+    evaluate: Callable | None = None
 
     def __call__(self, key):
         carry, metrics = jax.lax.scan(self.update, self.init(key), jnp.arange(self.num_updates))
@@ -573,6 +577,50 @@ def peak_memory_mb() -> float:
     if "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+
+
+# ----------------------------------------------------------------------------------------------------
+# TRAINED POLICIES: what scripts/evaluate.py rebuilds from a run directory
+
+
+FINAL_EVALUATION = 0xE7A1  # fold_in constant of the final evaluation's key
+
+
+def final_eval_key(seed: int) -> jax.Array:
+    """The key of a run's last evaluation (its final_return), for every seed of the run: the seeds are measured
+    on the same evaluation episodes (common random numbers), and `scripts/evaluate.py` can measure a saved
+    policy on exactly those episodes again."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), FINAL_EVALUATION)
+
+
+class Policy(NamedTuple):
+    """One seed's trained policy, rebuilt from its checkpoint by the algorithm file's
+    `trained_policy(config, checkpoint, seed_index)` (the checkpoint of that seed: numpy arrays).
+
+    env, env_params      the env it acts in (EpisodeStatistics outermost: info has episode_return, episode_done)
+    start(obs) -> memory at the first observation of an episode (() for a memoryless policy)
+    act(memory, obs, key) -> (env action, memory): the policy the run evaluates (greedy or deterministic, or
+                         stochastic where the authors evaluate that way); one observation, no batch axis
+    final_return() -> the run's own final evaluation of this policy, with the run's keys: summary.json's
+                         final_return again; None where final_return is not an evaluation (stream-x)
+    """
+
+    env: Any
+    env_params: Any
+    act: Callable
+    start: Callable = lambda obs: ()
+    final_return: Callable | None = None
+
+
+def checkpoint_of_seed(checkpoint: Any, index: int) -> Any:
+    """Seed `index` of a checkpoint saved by finish_run (every array has a leading seed axis)."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[index]), checkpoint)
+
+
+def restore(target_fn: Callable, state_dict: Any) -> Any:
+    """The pytree that target_fn() builds (abstractly: nothing runs), with the values of `state_dict` (part of a
+    loaded checkpoint, as flax saved it): e.g. a TrainState from the dict a file saved."""
+    return serialization.from_state_dict(jax.eval_shape(target_fn), state_dict)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -775,16 +775,42 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     runlog.save_checkpoint(path, {**state, "records": json.dumps(state["records"])})
 
 
+def agent_from_dict(d: dict) -> Agent:
+    """An Agent from its saved dict (checkpoints keep NamedTuples as dicts)."""
+    return Agent(d["actor"], d["critic"], RunningStats(**d["obs_stats"]), d["rho"])
+
+
+def bank_from_dict(d: dict) -> Bank:
+    return jax.tree.map(jnp.asarray, Bank(agent_from_dict(d["models"]), d["active"], agent_from_dict(d["fallback"])))
+
+
 def load_state(path: Path) -> dict[str, Any]:
     state = runlog.load_checkpoint(path)
-
-    def agent(d):
-        return Agent(d["actor"], d["critic"], RunningStats(**d["obs_stats"]), d["rho"])
-
-    bank = Bank(agent(state["bank"]["models"]), state["bank"]["active"], agent(state["bank"]["fallback"]))
-    return {**state, "bank": jax.tree.map(jnp.asarray, bank), "found": jnp.asarray(state["found"]),
+    return {**state, "bank": bank_from_dict(state["bank"]), "found": jnp.asarray(state["found"]),
             "records": json.loads(state["records"]),
-            "baselines": {name: agent(d) for name, d in state["baselines"].items()}}
+            "baselines": {name: agent_from_dict(d) for name, d in state["baselines"].items()}}
+
+
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+    """One seed's robust policy (its bank of models, each with its Q-network and dynamics check, and the DR
+    fallback) from its checkpoint (`scripts/evaluate.py`); final_return() redoes the run's final evaluation (the
+    worst case over the grid, the same episodes)."""
+    env, env_params, _, action_dim, (low, high) = make_env(config)
+    actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
+    critic_net = Critic(env.observation_space(env_params).shape[0], config.hidden_size, config.num_layers)
+    _, act, init = make_robust_policy(actor_net, critic_net, action_dim, config.normalize_observations)
+    bank = bank_from_dict(checkpoint)
+
+    def robust_act(memory, obs, key):
+        action, memory = act(bank, obs, memory)
+        return low + 0.5 * (action + 1.0) * (high - low), memory
+
+    def final_return():
+        grid = make_pieces(config).grid_robust(jax.tree.map(lambda x: x[None], bank),
+                                               jax.random.fold_in(jax.random.PRNGKey(config.seed), 99))
+        return grid.worst[0]
+
+    return runlog.Policy(env, env_params, act=robust_act, start=lambda obs: init(bank, obs), final_return=final_return)
 
 
 def main(args: list[str] | None = None, stop_after_stages: int | None = None) -> dict[str, Any] | list[dict[str, Any]]:

@@ -496,7 +496,10 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         state, (losses, q_means) = jax.lax.scan(epoch, state, jax.random.split(key_learn, config.num_epochs))
 
         # EVALUATE AND LOG
-        is_eval = ((update_index + 1) % sizes.eval_every == 0) | (update_index == sizes.num_updates - 1)
+        is_last = update_index == sizes.num_updates - 1
+        is_eval = ((update_index + 1) % sizes.eval_every == 0) | is_last
+        # The final evaluation's episodes come from the seed (runlog.final_eval_key): scripts/evaluate.py redoes it.
+        key_eval = jnp.where(is_last, runlog.final_eval_key(config.seed), key_eval)
         eval_return = jax.lax.cond(
             is_eval,
             lambda: greedy_evaluation(env, env_params, lambda obs: network.apply(state.params, obs), key_eval,
@@ -528,6 +531,23 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         return (state, env_state, obs, latest_eval_return, key), metrics
 
     return runlog.Program(init, update, sizes.num_updates, result=lambda carry: carry[0])
+
+
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+    """One seed's greedy policy from its checkpoint (`scripts/evaluate.py`); final_return() redoes the run's
+    last evaluation, on the same episodes."""
+    env, env_params, num_actions = make_env(config)
+    network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn",
+                       norm=config.norm, norm_input=config.norm_input, obs_divisor=config.obs_divisor)
+    variables = checkpoint["params"]
+    q_values = lambda obs: network.apply(variables, obs)
+
+    def final_return():
+        return greedy_evaluation(env, env_params, q_values, runlog.final_eval_key(config.seed),
+                                 config.num_eval_envs, int(env_params.max_steps_in_episode))
+
+    return runlog.Policy(env, env_params, act=lambda memory, obs, key: (q_values(obs[None])[0].argmax(), memory),
+                         final_return=final_return)
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:

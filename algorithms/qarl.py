@@ -906,6 +906,24 @@ def make_grid_evaluation(config: Config) -> tuple[envs.UncertaintySet, Callable]
     return uset, evaluate
 
 
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+    """One seed's protagonist (temperature feature 0, tanh of its mean, no adversary force) from its checkpoint
+    (`scripts/evaluate.py`); final_return() redoes the run's final evaluation as the authors evaluate
+    (stochastic protagonist, `final_eval_episodes` episodes, the same keys)."""
+    env, env_params, spec = make_env(config)
+    actor = Actor(spec.action_dim, config.hidden_size, config.num_layers)
+    protagonist, adversary = checkpoint["protagonist"]["actor"], checkpoint["adversary"]["actor"]
+
+    def act(memory, obs, key):
+        obs_t = observe(config, obs.reshape(-1), jnp.float32(0.0))
+        action = policy_action(actor, protagonist, obs_t, key, deterministic=True)
+        return to_env_action(config, spec, action, jnp.zeros(spec.adversary_dim)), memory
+
+    final = make_final_evaluation(config)
+    return runlog.Policy(env, env_params, act=act, final_return=lambda: final(
+        protagonist, adversary, jax.random.PRNGKey(seed_index))["final_return"])
+
+
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)

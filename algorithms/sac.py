@@ -401,6 +401,24 @@ def update_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
     return RunningStats(total, mean, m2 / total)
 
 
+def deterministic_evaluation(env, env_params, act: Callable, key, num_envs: int, num_steps: int):
+    """Mean return of the first episode of each of num_envs fresh envs, acting with act(obs) (batched obs)."""
+    key_reset, key_steps = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key_reset, num_envs), env_params)
+
+    def step(carry, key):
+        obs, env_state, first_return, finished = carry
+        keys = jax.random.split(key, num_envs)
+        obs, env_state, _, _, _, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, env_state, act(obs),
+                                                                                  env_params)
+        first_return = jnp.where(finished, first_return, info["episode_return"])
+        return (obs, env_state, first_return, finished | info["episode_done"]), None
+
+    carry = (obs, env_state, jnp.zeros(num_envs), jnp.zeros(num_envs, bool))
+    (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, num_steps))
+    return first_return.mean()
+
+
 class TrainState(NamedTuple):
     actor: Any
     critic: Any
@@ -450,22 +468,14 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
     def sample_action(actor_params, obs, key):
         return squashed_gaussian(*actor.apply(actor_params, obs)).sample_and_log_prob(seed=key)
 
-    def deterministic_evaluation(state: TrainState, key):
-        """Mean return of the first episode of each of num_eval_envs fresh envs, acting with tanh(mean)."""
-        key_reset, key_steps = jax.random.split(key)
-        obs, env_state = reset_envs(jax.random.split(key_reset, config.num_eval_envs), env_params)
+    def deterministic_action(state: TrainState, obs):
+        """The evaluation policy: tanh of the actor's mean, in the env's bounds."""
+        mean, _ = actor.apply(state.actor, normalize(state.obs_stats, obs))
+        return to_env_action(jnp.tanh(mean))
 
-        def step(carry, key):
-            obs, env_state, first_return, finished = carry
-            mean, _ = actor.apply(state.actor, normalize(state.obs_stats, obs))
-            keys = jax.random.split(key, config.num_eval_envs)
-            obs, env_state, _, _, _, info = step_envs(keys, env_state, to_env_action(jnp.tanh(mean)), env_params)
-            first_return = jnp.where(finished, first_return, info["episode_return"])
-            return (obs, env_state, first_return, finished | info["episode_done"]), None
-
-        carry = (obs, env_state, jnp.zeros(config.num_eval_envs), jnp.zeros(config.num_eval_envs, bool))
-        (_, _, first_return, _), _ = jax.lax.scan(step, carry, jax.random.split(key_steps, eval_steps))
-        return first_return.mean()
+    def evaluation(state: TrainState, key):
+        return deterministic_evaluation(env, env_params, lambda obs: deterministic_action(state, obs), key,
+                                        config.num_eval_envs, eval_steps)
 
     def gradient_update(state: TrainState, batch: Transition, key):
         """One SAC update: critics, then actor (against the new critics), then temperature, then targets."""
@@ -574,8 +584,11 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         key, key_eval = jax.random.split(key)
 
         # EVALUATE AND LOG
-        is_eval = ((row_index + 1) % sizes.eval_every == 0) | (row_index == sizes.num_rows - 1)
-        eval_return = jax.lax.cond(is_eval, lambda: deterministic_evaluation(state, key_eval),
+        is_last = row_index == sizes.num_rows - 1
+        is_eval = ((row_index + 1) % sizes.eval_every == 0) | is_last
+        # The final evaluation's episodes come from the seed (runlog.final_eval_key): scripts/evaluate.py redoes it.
+        key_eval = jnp.where(is_last, runlog.final_eval_key(config.seed), key_eval)
+        eval_return = jax.lax.cond(is_eval, lambda: evaluation(state, key_eval),
                                    lambda: jnp.float32(jnp.nan))
         metrics = {
             "env_steps": (first + sizes.iterations_per_row) * config.num_envs,
@@ -595,7 +608,18 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             )
         return (state, buffer, env_state, obs, key), metrics
 
-    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0])
+    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0],
+                          act=deterministic_action, evaluate=evaluation)
+
+
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+    """One seed's deterministic policy (tanh of the mean, with the run's observation statistics) from its
+    checkpoint (`scripts/evaluate.py`); final_return() redoes the run's last evaluation, on the same episodes."""
+    program = make_train(config)
+    state = runlog.restore(lambda: program.result(program.init(jax.random.PRNGKey(0))), checkpoint)
+    env, env_params, _, _ = make_env(config)
+    return runlog.Policy(env, env_params, act=lambda memory, obs, key: (program.act(state, obs), memory),
+                         final_return=lambda: program.evaluate(state, runlog.final_eval_key(config.seed)))
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:

@@ -590,6 +590,8 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
 
         # EVALUATE AND LOG
         is_eval = ((i + 1) % sizes.eval_every == 0) | (i == horizon - 1)
+        # The final evaluation's episodes come from the seed (runlog.final_eval_key): scripts/evaluate.py redoes it.
+        key_eval = jnp.where(i == horizon - 1, runlog.final_eval_key(config.seed), key_eval)
         eval_return = jax.lax.cond(
             is_eval, lambda: greedy_evaluation(key_eval, num_frozen, snapshots, state.params),
             lambda: jnp.float32(jnp.nan))
@@ -607,7 +609,26 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
             )
         return (state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key), metrics
 
-    return Program(init, update, sizes.num_iterations, result=lambda carry: (carry[0], carry[1]))
+    return Program(init, update, sizes.num_iterations, result=lambda carry: (carry[0], carry[1]),
+                   act=greedy_action, evaluate=greedy_evaluation)
+
+
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+    """One seed's non-stationary greedy policy (π_t, the snapshot frozen for timestep t, or the last network
+    for timesteps never reached) from its checkpoint (`scripts/evaluate.py`); final_return() redoes the run's
+    last evaluation, on the same episodes."""
+    program = make_train(config)
+    env, env_params, _ = make_env(config)
+    snapshots, params, num_frozen = checkpoint["policy_snapshots"], checkpoint["params"], checkpoint["num_frozen"]
+
+    def act(t, obs, key):
+        policy_t = jax.tree.map(lambda s, p: jnp.where(t < num_frozen, s[jnp.minimum(t, len(s) - 1)], p),
+                                snapshots, params)
+        return program.act(policy_t, obs[None])[0], t + 1
+
+    return runlog.Policy(env, env_params, act=act, start=lambda obs: jnp.int32(0),
+                         final_return=lambda: program.evaluate(runlog.final_eval_key(config.seed), num_frozen,
+                                                               snapshots, params))
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
@@ -639,7 +660,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         summaries.append(runlog.finish_run(
             directory, run_config, NAME, run_metrics, final_return=run_metrics["eval_return"][:, -1],
             checkpoint={"params": run_state.params, "opt_state": run_state.opt_state,
-                        "policy_snapshots": run_snapshots},
+                        "policy_snapshots": run_snapshots, "num_frozen": iterations_run},
             compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
             extra_summary={"iterations_run": iterations_run.tolist(), "num_heads": config.num_heads,
                            "horizon": sizes.horizon, "solve_threshold": sizes.solve_threshold,

@@ -539,7 +539,48 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             jax.debug.callback(lambda m: progress(**m), {k: metrics[k] for k in shown})
         return (state, key), metrics
 
-    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0])
+    def evaluation_action(params, obs):
+        """The policy the learner converged to, without exploration: greedy in Q, or the mode of π."""
+        if config.learner == "q":
+            return value_net.apply(params, obs).argmax()
+        out = actor.apply(params["actor"], obs)
+        return out.argmax() if action_spec.discrete else jnp.split(out, 2)[0]
+
+    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0], act=evaluation_action)
+
+
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+    """One seed's learned policy without exploration (greedy Q, or π's mode) from its checkpoint, for
+    `scripts/evaluate.py`. It acts on fresh envs without the streaming wrappers: observations are normalized with
+    the statistics the run ended with (frozen) and get the time feature, as the learner saw them. There is no
+    final_return() to redo: the run's final_return is a training return."""
+    if config.learner == "td":
+        raise ValueError("--learner td learns the values of a fixed random policy: it has no policy to evaluate.")
+    program = make_train(config)
+    training_env, _, _ = make_env(config)
+    env, env_params, _ = make_env(dataclasses.replace(config, normalize_observations=False, scale_rewards=False,
+                                                      time_feature=False))
+
+    def find(tree, name):  # the saved wrapper state holding `name`, however deep in the wrappers
+        if isinstance(tree, dict):
+            return tree[name] if name in tree else next(
+                (found for value in tree.values() if (found := find(value, name)) is not None), None)
+        return None
+
+    saved = find(checkpoint["env_state"], "obs_stats")
+    stats = envs.RunningMeanStd(saved["mean"], saved["sum_squares"], saved["count"]) if saved else None
+
+    def observe(obs, t):
+        if config.normalize_observations:
+            obs = envs.NormalizeObservation(env).normalize(obs, stats)
+        if config.time_feature:
+            obs = training_env.feature(obs, t)  # AddTimeFeature is the outermost wrapper
+        return obs
+
+    def act(t, obs, key):
+        return program.act(checkpoint["params"], observe(obs, t)), t + 1
+
+    return runlog.Policy(env, env_params, act=act, start=lambda obs: jnp.int32(0))
 
 
 def final_training_return(metrics: dict[str, np.ndarray], fraction: float = 0.1) -> np.ndarray:

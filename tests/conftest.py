@@ -1,11 +1,30 @@
 """Shared test setup. The suite runs in two pytest-xdist worker processes (pyproject.toml); on a GPU, two
 processes that each preallocated 75% of its memory would not fit, so JAX allocates on demand here."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def _share_compiled_programs():
+    """One persistent XLA compilation cache for the session: many tests compile the same program again (a run and
+    its resumed copy, a determinism check, the same tiny run in several modules), and a program compiled once
+    is loaded from disk by every later test, in either worker and in the processes tests start (they inherit the
+    variable). The cached executable is the same binary, so results are unchanged; the directory is new for each
+    session (set by the first process, before the workers start) and removed at its end."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    directory = tempfile.mkdtemp(prefix="jax-test-programs-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+
+
+_share_compiled_programs()
 
 
 def _pin_worker_to_its_core():

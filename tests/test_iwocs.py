@@ -5,6 +5,8 @@ against DR and nominal SAC."""
 import dataclasses
 import functools
 import json
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,9 @@ import pytest
 import envs
 import runlog
 from algorithms import iwocs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import evaluate  # noqa: E402  (scripts/evaluate.py)
 
 # ----------------------------------------------------------------------------------------------------
 # Worst-case search for a fixed policy on the pendulum
@@ -311,6 +316,16 @@ def test_resume_after_an_interrupted_iteration_ends_where_an_uninterrupted_run_e
     resumed = iwocs.main(["--resume", str(tmp_path), "--quiet"])
     assert_same_run(whole, tmp_path)
     assert resumed["results"] == summary["results"]
+
+
+def test_evaluate_rebuilds_the_robust_policy_and_its_worst_case(whole_run, tmp_path):
+    """scripts/evaluate.py rebuilds each seed's bank, fallback and robust policy from the run directory: the grid's
+    worst case (final_return) again, and episodes on fresh envs."""
+    run_dir, summary = whole_run
+    report = evaluate.main([str(run_dir), "--final-return", "--episodes", "2", "--out", str(tmp_path)])
+    np.testing.assert_allclose(report["final_return"]["evaluated"], summary["final_return"], rtol=1e-4, atol=1e-4)
+    for seed in (0, 1):
+        assert np.isfinite(report["episodes"]["per_seed"][seed]["returns"]).all()
 
 
 def test_sweep_runs_each_value_as_its_own_run(whole_run, sweep_run):

@@ -6,6 +6,8 @@ determinism, and learning on the pendulum preset with absolute floors."""
 
 import functools
 import json
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,9 @@ from scipy import integrate, stats
 import envs
 import runlog
 from algorithms import qarl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import evaluate  # noqa: E402  (scripts/evaluate.py)
 
 # 2 iterations of 5 envs x 20 steps per phase: 100 transitions per phase and player.
 TINY = ["--total-timesteps", "200", "--phase-steps", "20", "--num-envs", "5", "--learning-starts", "100",
@@ -224,6 +229,16 @@ def test_preset_runs(preset, tmp_path):
         assert np.isfinite(written[name]).all(), name
     rows = (tmp_path / "grid.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 ** 2  # header + the 2x2 grid
+    # scripts/evaluate.py rebuilds the protagonist: the authors' final evaluation again, episodes, its grid
+    report = evaluate.main([str(tmp_path), "--final-return", "--episodes", "2", "--grid", written_grid_set(tmp_path),
+                            "--grid-points", "2", "--grid-steps", "20", "--out", str(tmp_path / "eval")])
+    np.testing.assert_allclose(report["final_return"]["evaluated"], written["final_return"], rtol=1e-4, atol=1e-4)
+    assert len(report["episodes"]["per_seed"][0]["returns"]) == 2
+    assert report["grid"]["worst_mean"] <= report["grid"]["average_mean"] and (tmp_path / "eval" / "heatmap.png").exists()
+
+
+def written_grid_set(run_dir):
+    return json.loads((run_dir / "config.json").read_text())["grid_set"]
 
 
 @pytest.mark.parametrize("preset", list(qarl.PRESETS))
