@@ -44,6 +44,8 @@ Where this file differs from the authors' code (purejaxql @970ecce), and why:
   the mean of its LogWrapper's last-episode returns over all steps).
 - The MinAtar Conv(16, 3x3) is computed as 3x3 patches times its kernel (`Conv3x3`): the same function
   and parameters, with weight gradients 5x faster on CPU than XLA's convolution.
+- The last evaluation (final_return) draws its episodes from --seed alone (runlog.final_eval_key), the same
+  episodes for every seed of the run, so that scripts/evaluate.py can redo it from the checkpoint.
 - Extras the reference does not have, off by default: sticky actions, --obs-divisor 1 (raw MinAtar inputs).
 """
 

@@ -29,6 +29,8 @@ Choices (the issue and the paper leave them open):
   (the paper's) unless --target-entropy(-per-action-dim) says otherwise; the brax and dmc presets use brax's -0.5 |A|.
 - Replay is a plain ring buffer in this file (20 lines, no extra dependency) rather than flashbax.
 - At a time limit the target bootstraps from the true final observation; rejax / Stoix treat them as terminal.
+- The last evaluation (final_return) draws its episodes from --seed alone (runlog.final_eval_key), the same
+  episodes for every seed of the run, so that scripts/evaluate.py can redo it from the checkpoint.
 
 What still differs from brax's SAC (brax 0.14, brax/training/agents/sac) in the brax presets and the dmc-cheetah
 preset (MuJoCo Playground's brax SAC config, whose critics' LayerNorm after each hidden ReLU is

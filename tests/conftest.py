@@ -48,8 +48,8 @@ _pin_worker_to_its_core()
 # module-scoped fixtures and compiled programs). Modules heaviest first, by the CI log's durations; the rest keep
 # their collection order. A stale list costs balance, never correctness.
 HEAVY_MODULES = ("test_reproduce", "test_resume_sweep", "test_iwocs", "test_qarl", "test_sac", "test_cli", "test_dmc",
-                 "test_sharding", "test_stream_x", "test_pqn", "test_truncation", "test_sqirl", "test_gpu_check",
-                 "test_multihost")
+                 "test_sharding", "test_stream_x", "test_pqn", "test_truncation", "test_sqirl", "test_evaluate",
+                 "test_gpu_check", "test_multihost")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
