@@ -42,7 +42,7 @@ uniform sampling with replacement; act with argmax of head k, and timesteps with
 with the latest network (their `predict`); rewards scaled by reward_scale for learning only.
 
 What differs, and why:
-- The last evaluation (final_return; theirs: an EvalCallback with its own env) draws its episodes from --seed alone (runlog.final_eval_key), the same
+- The last evaluation (final_return) draws its episodes from --seed alone (runlog.final_eval_key), the same
   episodes for every seed of the run, so that scripts/evaluate.py can redo it from the checkpoint.
 - Iterations: exactly H, or fewer if total_timesteps is spent first (checked before each iteration, as
   theirs). Their loop runs until the budget, an evaluation at stop_on_eval_reward, or 11 iterations in a

@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=320, help="width and height of --render in pixels (default 320)")
     parser.add_argument("--grid", default=None, metavar="SET", help="an uncertainty set (envs.UNCERTAINTY_SETS)")
     parser.add_argument("--grid-points", type=int, default=11, help="grid points per axis (default 11)")
-    parser.add_argument("--grid-steps", type=int, default=None, help="steps per grid episode (default: the env's limit)")
+    parser.add_argument("--grid-steps", type=int, default=None,
+                        help="steps per grid episode (default: the env's limit)")
     parser.add_argument("--algorithm-file", default=None, help="the algorithm file that wrote the run")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
     args = parser.parse_args(argv)
@@ -352,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     module, config, checkpoint, summary = load_run(run_dir, args.algorithm_file)
     num_seeds = int(config.num_seeds)
     if args.seed_index is not None and not 0 <= args.seed_index < num_seeds:
-        raise SystemExit(f"error: --seed-index {args.seed_index}: the run has {num_seeds} seed(s), 0 to {num_seeds - 1}.")
+        raise SystemExit(f"error: --seed-index {args.seed_index}: the run has {num_seeds} seed(s), "
+                         f"0 to {num_seeds - 1}.")
     seeds = list(range(num_seeds)) if args.seed_index is None else [args.seed_index]
     changes = {"env_id": args.env_id} if args.env_id else {}
     for item in args.set:
