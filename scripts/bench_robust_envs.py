@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-import envs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runlog.py, envs/, algorithms/
+
+import envs  # noqa: E402
 
 
 def compiled_rollout(env, params, action, num_envs, num_steps):

@@ -32,11 +32,14 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-import runlog
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runlog.py, envs/, algorithms/
+
+import runlog  # noqa: E402
 
 
 def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: int, seed: int = 0,

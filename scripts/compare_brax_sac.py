@@ -25,14 +25,18 @@ import argparse
 import functools
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import runlog
-from algorithms import sac
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runlog.py, envs/, algorithms/
+
+import runlog  # noqa: E402
+from algorithms import sac  # noqa: E402
 
 
 def restore_device_put_replicated() -> None:

@@ -35,15 +35,18 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import envs
-import runlog
-from algorithms import pqn, sqirl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runlog.py, envs/, algorithms/
+
+import envs  # noqa: E402
+import runlog  # noqa: E402
+from algorithms import pqn, sqirl  # noqa: E402
 
 DEFAULT_ENVS = [
     "CombinationLock-H2",

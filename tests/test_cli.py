@@ -91,6 +91,24 @@ def test_a_file_imports_the_runlog_and_envs_of_its_own_checkout(tmp_path):
     assert "runlog of the second checkout" in result.stdout and "envs of the second checkout" in result.stdout
 
 
+@pytest.mark.parametrize("script", ["benchmark", "bench_robust_envs", "compare_brax_sac", "effective_horizon",
+                                    "evaluate"])
+def test_a_script_imports_the_runlog_and_envs_of_its_own_checkout(script, tmp_path):
+    """The same for the scripts: scripts/X.py of a second checkout imports that checkout's runlog.py and envs/."""
+    checkout = checkout_copy(tmp_path)
+    (checkout / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / f"{script}.py", checkout / "scripts")
+    for name in ["__init__", *ALGORITHMS]:
+        shutil.copy(ROOT / "algorithms" / f"{name}.py", checkout / "algorithms")
+    for path in (checkout / "runlog.py", checkout / "envs" / "__init__.py"):
+        with open(path, "a") as f:
+            f.write("\nprint('imported from the second checkout')\n")
+    result = subprocess.run([sys.executable, str(checkout / "scripts" / f"{script}.py"), "--help"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "imported from the second checkout" in result.stdout
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_bad_input_is_one_line_on_the_command_line(name, tmp_path):
     """From the shell, a value the checks reject is one line that says what to change, not a traceback, and
