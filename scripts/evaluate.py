@@ -225,7 +225,8 @@ def body_drawer(raw):
             kind, size = mujoco.mjtGeom(int(model.geom_type[g])), model.geom_size[g]
             pos, rot = data.geom_xpos[g], data.geom_xmat[g].reshape(3, 3)
             material = model.geom_matid[g]
-            color = tuple(np.clip((model.mat_rgba[material] if material >= 0 else model.geom_rgba[g])[:3], 0, 0.9))
+            color = np.asarray((model.mat_rgba[material] if material >= 0 else model.geom_rgba[g])[:3], float)
+            color = tuple(color * min(1.0, 0.7 / max(color.mean(), 1e-6)))  # pale bodies darkened on white
             if kind == mujoco.mjtGeom.mjGEOM_PLANE:
                 ax.axhline(pos[2], color="0.4", lw=2, zorder=0)
             elif kind in (mujoco.mjtGeom.mjGEOM_CAPSULE, mujoco.mjtGeom.mjGEOM_CYLINDER):
@@ -240,7 +241,8 @@ def body_drawer(raw):
                 ax.add_patch(patches.Polygon(hull, color=color))
             else:  # sphere, ellipsoid, mesh: a disc of the geom's bounding radius
                 ax.add_patch(patches.Circle((pos[0], pos[2]), float(model.geom_rbound[g] or size[0]), color=color))
-        ax.set(xlim=(centre[0] - 1.5, centre[0] + 1.5), ylim=(centre[2] - 1.2, centre[2] + 1.2), aspect="equal")
+        bottom = min(centre[2], 0.0) - 0.3  # the floor (z = 0) stays in view
+        ax.set(xlim=(centre[0] - 1.5, centre[0] + 1.5), ylim=(bottom, bottom + 2.6), aspect="equal")
 
     return draw
 
