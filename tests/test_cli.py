@@ -6,6 +6,8 @@ in this repository's algorithms/, so the suite also passes on a read-only checko
 that is not one of the collection's (a user's own variant) is `--help`-checked, not trained: the suite
 cannot know its tiny settings (add them to TINY to have it trained here too)."""
 
+import functools
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import runlog
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py") if p.stem != "__init__")
@@ -75,6 +79,27 @@ def test_copied_file_runs(name, tmp_path):
         if name != "iwocs":  # each value's directory records its own value, as a run of its own
             config = json.loads((run / "config.json").read_text())
             assert config[param] == float(run.name.partition("=")[2]) and config["sweep"] == ""
+
+
+def test_a_copy_resumes_under_its_own_name(tmp_path, monkeypatch):
+    """A copy cut after its first checkpoint (as a killed run) continues with --resume, as its own algorithm."""
+    checkout = checkout_copy(tmp_path)
+    copy = checkout / "algorithms" / "pqn_variant.py"
+    shutil.copy(ROOT / "algorithms" / "pqn.py", copy)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the copy puts its checkout first; undone after the test
+    spec = importlib.util.spec_from_file_location("pqn_variant", copy)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pqn_variant", module)
+    spec.loader.exec_module(module)
+    flags = [*TINY["pqn"], "--num-checkpoints", "2", "--quiet", "--run-dir", str(tmp_path / "run")]
+    with monkeypatch.context() as patch:
+        patch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=1))
+        with pytest.raises(runlog.RunInterrupted):
+            module.main(flags)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    summary = module.main(["--resume", str(tmp_path / "run"), "--quiet"])
+    assert summary["algorithm"] == "pqn_variant" and summary["env_steps"] == 4096
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["algorithm"] == "pqn_variant"
 
 
 def test_a_file_imports_the_runlog_and_envs_of_its_own_checkout(tmp_path):
