@@ -597,10 +597,10 @@ class Policy(NamedTuple):
     """One seed's trained policy, rebuilt from its checkpoint by the algorithm file's
     `trained_policy(config, checkpoint, seed_index)` (the checkpoint of that seed: numpy arrays).
 
-    env, env_params      the env it acts in (EpisodeStatistics outermost: info has episode_return, episode_done)
+    env, env_params      the env it acts in (the file's own wrappers; without the streaming statistics wrappers)
     start(obs) -> memory at the first observation of an episode (() for a memoryless policy)
-    act(memory, obs, key) -> (env action, memory): the policy the run evaluates (greedy or deterministic, or
-                         stochastic where the authors evaluate that way); one observation, no batch axis
+    act(memory, obs, key) -> (env action, memory): the trained policy, greedy or deterministic (tanh of the
+                         mean); one observation, no batch axis
     final_return() -> the run's own final evaluation of this policy, with the run's keys: summary.json's
                          final_return again; None where final_return is not an evaluation (stream-x)
     """
