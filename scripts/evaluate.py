@@ -58,6 +58,10 @@ def load_run(run_dir: Path, algorithm_file: str | None = None):
     if not (run_dir / "config.json").exists():
         raise SystemExit(f"error: {run_dir} is not a run directory (no config.json): pass a directory an algorithm "
                          f"file wrote, e.g. runs/pqn_CartPole-v1_<time>.")
+    values = sorted(d.name for d in run_dir.iterdir() if (d / "checkpoint.msgpack").exists())
+    if not (run_dir / "checkpoint.msgpack").exists() and values:
+        raise SystemExit(f"error: {run_dir} is a sweep: evaluate one value's run directory, e.g. "
+                         f"{run_dir / values[0]}.")
     if not (run_dir / "checkpoint.msgpack").exists():
         raise SystemExit(f"error: {run_dir} has no checkpoint.msgpack: the run has not finished. Continue it with "
                          f"`python algorithms/<file>.py --resume {run_dir}`, then evaluate it.")

@@ -12,6 +12,7 @@ on the machines measured.
 """
 
 import json
+import shutil
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -105,22 +106,26 @@ def test_render_draws_a_mujoco_body(tmp_path):
     assert frames == 3 and (np.abs(image - 255).sum(-1) > 30).mean() > 0.02  # more than a blank page
 
 
-@pytest.mark.parametrize("case", ["not_a_run", "unfinished", "other_spaces", "unknown_env", "seed_index", "gif", "set"])
+@pytest.mark.parametrize("case", ["not_a_run", "unfinished", "sweep", "other_spaces", "unknown_env", "seed_index",
+                                  "gif", "set"])
 def test_bad_input_is_one_line(case, trained, tmp_path):
     run_dir = trained("pqn")
     args, message = {
         "not_a_run": ([str(tmp_path)], "is not a run directory"),
         "unfinished": (None, "has no checkpoint.msgpack"),
+        "sweep": (None, "is a sweep: evaluate one value's run directory"),
         "other_spaces": ([str(run_dir), "--env-id", "Acrobot-v1"], "pick an env with the same spaces"),
         "unknown_env": ([str(run_dir), "--env-id", "CartPole-v9"], "CartPole-v9"),
         "seed_index": ([str(run_dir), "--seed-index", "3"], "the run has 1 seed"),
         "gif": ([str(run_dir), "--episodes", "0", "--render", str(tmp_path / "a.mp4")], "ending in .gif"),
         "set": ([str(run_dir), "--set", "stickiness=1"], "a field of Config"),
     }[case]
-    if case == "unfinished":
+    if case in ("unfinished", "sweep"):  # a killed run; a sweep's directory, whose values are runs of their own
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "config.json").write_text((run_dir / "config.json").read_text())
         args = [str(tmp_path / "run")]
+        if case == "sweep":
+            shutil.copytree(run_dir, tmp_path / "run" / "lr=0.001")
     with pytest.raises(SystemExit) as error:
         evaluate.main([*args, "--out", str(tmp_path / "out")])
     text = str(error.value)
