@@ -77,17 +77,22 @@ def resumed_config(config_cls, args: list[str]):
     if not run_dir or any(arg not in ("--quiet", "--no-quiet") for arg in rest):
         raise SystemExit("--resume RUN_DIR continues a run exactly as its config.json says; only --quiet may be "
                          f"added (got {' '.join(args)}). To change a setting, start a new run.")
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
+    if not (Path(run_dir) / "config.json").exists():
         raise SystemExit(f"--resume {run_dir}: no config.json there. Pass the directory of an earlier run.")
-    recorded = json.loads(path.read_text())
+    return recorded_config(config_cls, run_dir, run_dir=str(run_dir), resume=True, quiet="--quiet" in rest)
+
+
+def recorded_config(config_cls, directory, **changes):
+    """The config that directory/config.json recorded (fields config_cls does not have are dropped; JSON lists
+    become tuples where the field's default is one), with `changes` set (those config_cls has)."""
+    recorded = json.loads((Path(directory) / "config.json").read_text())
     fields = {field.name: field for field in dataclasses.fields(config_cls)}
     values = {}
-    for name, value in recorded.items():
+    for name, value in {**recorded, **changes}.items():
         if name in fields:
             default = fields[name].default
             values[name] = tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
-    return config_cls(**{**values, "run_dir": str(run_dir), "resume": True, "quiet": "--quiet" in rest})
+    return config_cls(**values)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -78,11 +78,7 @@ def load_run(run_dir: Path, algorithm_file: str | None = None):
     if not hasattr(module, "trained_policy"):
         raise SystemExit(f"error: {path} has no trained_policy(config, checkpoint, seed_index): add one (see "
                          f"algorithms/pqn.py) to evaluate its runs.")
-    fields = {f.name: f for f in dataclasses.fields(module.Config)}
-    values = {k: tuple(v) if isinstance(fields[k].default, tuple) and isinstance(v, list) else v
-              for k, v in recorded.items() if k in fields}
-    fixed = {"sweep": "", "quiet": True, "resume": False, "run_dir": str(run_dir)}
-    config = module.Config(**{**values, **{k: v for k, v in fixed.items() if k in fields}})
+    config = runlog.recorded_config(module.Config, run_dir, sweep="", quiet=True, resume=False, run_dir=str(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     return module, config, runlog.load_checkpoint(run_dir / "checkpoint.msgpack"), summary
 
