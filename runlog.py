@@ -1,14 +1,17 @@
 """Run output: the one module the algorithm files share besides `envs/`.
 
-An algorithm file's `main()` uses it in this order:
+An algorithm file's `main()` uses it like this (pqn.py):
 
     config = runlog.parse_config(Config, PRESETS)            # tyro CLI with `--preset` (and `--resume DIR`)
-    run_dir = runlog.run_path(config, "pqn")
-    progress = runlog.Progress(run_dir, total_env_steps, num_seeds, quiet=config.quiet)
-    program = make_train(config, progress)                    # bad input raises here, before compiling
-    runlog.start_run(run_dir, config, "pqn")                  # writes config.json
-    state, metrics, compile_s, train_s = runlog.run_program(program, keys, run_dir, ...)  # chunks, resume.npz
-    runlog.finish_run(run_dir, ...)                           # metrics CSV, summary.json, curve, checkpoint
+    training = runlog.train(NAME, config, make_train, steps_per_seed, (sweep_name, sweep_values))
+        # run directory, progress printer, make_train(config) (bad input raises here, before compiling),
+        # config.json, start-up line, run_program (checkpointed chunks, --resume, --sweep), one Run per value
+    summaries = [training.finish(run, final_return=..., checkpoint=...) for run in training.runs]
+        # per run: metrics CSV, summary.json, curve, checkpoint
+    runlog.report(training, summaries, "eval_return", "greedy return")   # closing lines
+    return training.returned(summaries)
+
+(IWOCS runs in stages, not in one program, and uses the pieces below itself.)
 
 What lands in a run directory:
     config.json          the resolved config (written before compiling)
@@ -410,7 +413,7 @@ def schedule_note(num_updates: int, num_checkpoints: int, steps: int | None = No
 
 def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array, run_dir: Path,
                 num_checkpoints: int = 1, resume: bool = False, sweep: tuple[str, tuple] | dict[str, tuple] | None = None,
-                stop_after_chunks: int | None = None):
+                stop_after_chunks: int | None = None, program: Program | None = None):
     """Run `make_program(config)` for every seed (and every swept value), in chunks with the full state saved
     after each.
 
@@ -430,7 +433,7 @@ def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array,
     hparams = {name: jnp.asarray(values, jnp.float32) for name, values in sweeps.items()}
     name = next(iter(sweeps), None)
     batch_axes = 2 if name else 1  # [values,] seeds
-    program = make_program(config)
+    program = program or make_program(config)  # (`program`: the caller's make_program(config), already built)
     chunks = num_chunks(program.num_updates, num_checkpoints)
     length = program.num_updates // chunks
 
@@ -476,6 +479,84 @@ def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array,
             _save_state(state_path, (index + 1) * length, carry, metrics, batch_axes, train_seconds)
     metrics = jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics)
     return program.result(carry), metrics, compile_seconds, train_seconds
+
+
+class Run(NamedTuple):
+    """One swept value's run (the whole run without a sweep): its directory and config, and what training
+    returned for it, metrics as numpy arrays [seeds, rows]."""
+
+    directory: Path
+    config: Any
+    state: Any
+    metrics: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Training:
+    """What `train` returns: the run directory, one Run per swept value, every learner's metrics ([values,]
+    seeds, rows) and the timings (train_seconds per swept value)."""
+
+    algorithm: str
+    run_dir: Path
+    runs: list[Run]
+    metrics: dict[str, Any]
+    compile_seconds: float
+    train_seconds: float
+    swept: bool
+
+    def finish(self, run: Run, final_return, checkpoint, **kwargs) -> dict[str, Any]:
+        """`finish_run` for one of the runs, with the training's timings: writes its files, returns its summary."""
+        return finish_run(run.directory, run.config, self.algorithm, run.metrics, final_return, checkpoint,
+                          self.compile_seconds, self.train_seconds, **kwargs)
+
+    def returned(self, summaries: list[dict[str, Any]]):
+        """What `main` returns: the summary, or the list of them under a sweep."""
+        return summaries if self.swept else summaries[0]
+
+
+def train(algorithm: str, config, make_train: Callable, steps_per_seed: int, sweep: tuple[str | None, tuple],
+          detail: str = "", every_seconds: float = 2.0, budget: bool = False) -> Training:
+    """The run plumbing every file's `main` shares, in order: the run directory, the progress printer,
+    `make_train(config, progress)` once (bad input raises here, before anything is written or compiled),
+    config.json of the run and of each swept value, the start-up line (`detail` goes beside the preset),
+    `run_program` (chunks, checkpoints, --resume, the sweep) and the split into one Run per swept value.
+
+    `steps_per_seed`: the env steps the program takes, for the progress bar and the start-up line (which says
+    when --total-timesteps was rounded down to it), unless `budget`: then --total-timesteps is a budget the
+    program stops at by itself and the line leaves the steps to `detail`."""
+    sweep_name, sweep_values = sweep
+    run_dir = run_path(config, algorithm)
+    num_values = len(sweep_values) if sweep_name else 1
+    progress = Progress(run_dir, steps_per_seed, config.num_seeds * num_values, config.quiet, every_seconds)
+    program = make_train(config, progress)
+    run_configs = sweep_run_configs(run_dir, config, sweep_name, sweep_values)
+    for directory, run_config in {run_dir: config, **run_configs}.items():
+        start_run(directory, run_config, algorithm)
+    if not config.quiet:
+        grid = f" x {num_values} values of {sweep_name}" if sweep_name else ""
+        schedule = schedule_note(program.num_updates, config.num_checkpoints,
+                                 *(() if budget else (steps_per_seed, config.total_timesteps)))
+        print(f"{algorithm} on {config.env_id} ({config.preset} preset{', ' + detail if detail else ''}), "
+              f"{config.num_seeds} seed(s){grid}: {schedule} -> {run_dir}", flush=True)
+    state, metrics, compile_seconds, train_seconds = run_program(
+        lambda c: make_train(c, progress), config, seed_keys(config.seed, config.num_seeds), run_dir,
+        config.num_checkpoints, config.resume, sweep=(sweep_name, sweep_values) if sweep_name else None,
+        program=program)
+    runs = [Run(*run) for run in sweep_runs(run_configs, state, metrics, sweep_name is not None)]
+    return Training(algorithm, run_dir, runs, metrics, compile_seconds, train_seconds / num_values,
+                    sweep_name is not None)
+
+
+def report(training: Training, summaries: list[dict[str, Any]], curve_key: str, label: str,
+           final: str = "final return", extra: Callable[[dict[str, Any]], str] = lambda summary: "") -> None:
+    """The closing lines of a run: per swept value, the seed-mean `curve_key` as a sparkline and each seed's
+    final return (`final` names it; `extra(summary)` is appended); then the speed and where the files are."""
+    for run, summary in zip(training.runs, summaries):
+        prefix = f"{run.directory.name}: " if training.swept else ""
+        print(f"{prefix}{label} {sparkline(nanmean_quiet(run.metrics[curve_key], axis=0))}")
+        print(f"{prefix}{final} per seed: {[round(r, 2) for r in summary['final_return']]}{extra(summary)}")
+    print(f"{summaries[0]['env_steps_per_second']:,.0f} env steps/s, compile {training.compile_seconds:.1f}s; "
+          f"curves (curve.png) and summaries (summary.json) in {training.run_dir}")
 
 
 def _unread_inputs(traced, hparams: dict, names) -> list[str]:

@@ -928,50 +928,30 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    run_dir = runlog.run_path(config, NAME)
-    values = sizes.sweep_values or (None,)
-    progress = runlog.Progress(run_dir, sizes.num_iterations * sizes.steps_per_iteration,
-                               config.num_seeds * len(values), config.quiet, every_seconds=5.0)
-    program = make_train(config, progress)  # raises on a bad config before compiling
     uset, grid_evaluation = make_grid_evaluation(config)
     final_evaluation = make_final_evaluation(config)
-    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
-    for directory, run_config in {run_dir: config, **run_configs}.items():
-        runlog.start_run(directory, run_config, NAME)
-    keys = runlog.seed_keys(config.seed, config.num_seeds)
-    if not config.quiet:
-        mode = f"{config.curriculum} curriculum" if config.adversary == "on" else "no adversary (SAC)"
-        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
-        schedule = runlog.schedule_note(program.num_updates, config.num_checkpoints,
-                                        sizes.num_iterations * sizes.steps_per_iteration, config.total_timesteps)
-        print(f"{NAME} on {config.env_id} ({config.preset} preset, {mode}), {config.num_seeds} seed(s){grid} x "
-              f"{sizes.num_iterations} iterations: {schedule} -> {run_dir}", flush=True)
-    state, metrics, compile_seconds, train_seconds = runlog.run_program(
-        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
-        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
-
-    summaries, curves = [], []
-    for directory, run_config, run_state, run_metrics in runlog.sweep_runs(
-            run_configs, state, metrics, sizes.sweep_name is not None):
-
+    mode = f"{config.curriculum} curriculum" if config.adversary == "on" else "no adversary (SAC)"
+    training = runlog.train(NAME, config, make_train, sizes.num_iterations * sizes.steps_per_iteration,
+                            (sizes.sweep_name, sizes.sweep_values), every_seconds=5.0,
+                            detail=f"{mode}, {sizes.num_iterations} iterations")
+    summaries = []
+    for run in training.runs:
         # FINAL EVALUATION AND ROBUSTNESS GRID: every seed's protagonist, feature 0, stochastic
-        seed_players = [(jax.tree.map(lambda x: x[seed], run_state.protagonist.actor),
-                         jax.tree.map(lambda x: x[seed], run_state.adversary.actor)) for seed in range(config.num_seeds)]
+        seed_players = [(jax.tree.map(lambda x: x[seed], run.state.protagonist.actor),
+                         jax.tree.map(lambda x: x[seed], run.state.adversary.actor)) for seed in range(config.num_seeds)]
         finals = [jax.tree.map(float, final_evaluation(pro, adv, jax.random.PRNGKey(seed)))
                   for seed, (pro, adv) in enumerate(seed_players)]
         grids = [grid_evaluation(pro, jax.random.PRNGKey(seed)) for seed, (pro, _) in enumerate(seed_players)]
         grid_returns = np.stack([np.asarray(g.returns) for g in grids])
-        swept = f", {directory.name}" if sizes.sweep_name else ""
-        runlog.write_grid(directory, uset, np.asarray(grids[0].values), grid_returns,
+        swept = f", {run.directory.name}" if sizes.sweep_name else ""
+        runlog.write_grid(run.directory, uset, np.asarray(grids[0].values), grid_returns,
                           f"QARL {config.adversary == 'on' and config.curriculum or 'off'} on {config.env_id}"
                           f"{swept}: {uset.name} ({config.num_seeds} seeds, "
                           f"{sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
-        summaries.append(runlog.finish_run(
-            directory, run_config, NAME, run_metrics,
-            final_return=np.array([f["final_return"] for f in finals]),
-            checkpoint={"protagonist": run_state.protagonist._asdict(), "adversary": run_state.adversary._asdict(),
-                        "curriculum": run_state.curriculum._asdict()},
-            compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
+        summaries.append(training.finish(
+            run, final_return=np.array([f["final_return"] for f in finals]),
+            checkpoint={"protagonist": run.state.protagonist._asdict(), "adversary": run.state.adversary._asdict(),
+                        "curriculum": run.state.curriculum._asdict()},
             extra_summary={
                 "return_vs_adversary": [f["return_vs_adversary"] for f in finals],
                 "final_return_deterministic": [f["final_return_deterministic"] for f in finals],
@@ -981,24 +961,21 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
                 "grid_axis_names": list(uset.names),
                 "grid_axis_values": np.asarray(grids[0].axis_values).tolist(),
                 "grid_axis_returns": [np.asarray(g.axis_returns).tolist() for g in grids],
-                "final_temperature_mean": run_metrics["temperature"][:, -1].tolist(),
+                "final_temperature_mean": run.metrics["temperature"][:, -1].tolist(),
             },
         ))
-        curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
     final_returns = np.array([summary["final_return"] for summary in summaries])
-    if np.isinf(np.asarray(metrics["protagonist_critic_loss"])).any() or np.isnan(final_returns).any():
+    if np.isinf(np.asarray(training.metrics["protagonist_critic_loss"])).any() or np.isnan(final_returns).any():
         raise SystemExit(f"Training diverged (an infinite critic loss or a NaN return). Outputs so far are in "
-                         f"{run_dir}. Try lower learning rates (--critic-lr, --actor-lr).")
+                         f"{training.run_dir}. Try lower learning rates (--critic-lr, --actor-lr).")
     if not config.quiet:
-        for directory, summary, curve in zip(run_configs, summaries, curves):
-            print(f"{directory}: evaluation return {runlog.sparkline(curve)}")
-            print(f"  final return per seed ({config.final_eval_episodes} stochastic episodes): "
-                  f"{[round(r, 1) for r in summary['final_return']]}; against the adversary: "
-                  f"{[round(r, 1) for r in summary['return_vs_adversary']]}")
-            print(f"  grid {uset.name}: worst {[round(r, 1) for r in summary['grid_worst']]}, average "
-                  f"{[round(r, 1) for r in summary['grid_average']]}  -> {directory / 'grid.png'}")
-        print(f"{summaries[0]['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s")
-    return summaries if sizes.sweep_name else summaries[0]
+        runlog.report(
+            training, summaries, "eval_return", "evaluation return",
+            final=f"final return ({config.final_eval_episodes} stochastic episodes)",
+            extra=lambda s: f"; against the adversary {[round(r, 1) for r in s['return_vs_adversary']]}; grid "
+                            f"{uset.name}: worst {[round(r, 1) for r in s['grid_worst']]}, average "
+                            f"{[round(r, 1) for r in s['grid_average']]}")
+    return training.returned(summaries)
 
 
 if __name__ == "__main__":

@@ -628,50 +628,23 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    run_dir = runlog.run_path(config, NAME)
-    values = sizes.sweep_values or (None,)
-    progress = runlog.Progress(run_dir, sizes.iterations * config.num_envs, config.num_seeds * len(values),
-                               config.quiet)
-    program = make_train(config, progress)  # raises on a bad config before compiling
-    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
-    for directory, run_config in {run_dir: config, **run_configs}.items():
-        runlog.start_run(directory, run_config, NAME)
-    keys = runlog.seed_keys(config.seed, config.num_seeds)
-    if not config.quiet:
-        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
-        schedule = runlog.schedule_note(program.num_updates, config.num_checkpoints,
-                                        sizes.iterations * config.num_envs, config.total_timesteps)
-        print(f"{NAME} on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid}: {schedule} "
-              f"-> {run_dir}", flush=True)
-    state, metrics, compile_seconds, train_seconds = runlog.run_program(
-        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
-        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
-    summaries, curves = [], []
-    for directory, run_config, run_state, run_metrics in runlog.sweep_runs(
-            run_configs, state, metrics, sizes.sweep_name is not None):
-        summaries.append(runlog.finish_run(
-            directory, run_config, NAME, run_metrics, final_return=run_metrics["eval_return"][:, -1],
-            checkpoint=run_state._asdict(), compile_seconds=compile_seconds,
-            train_seconds=train_seconds / len(values),
-        ))
-        curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
-    env_steps = np.asarray(metrics["env_steps"]).reshape(-1, sizes.num_rows)[0]
+    training = runlog.train(NAME, config, make_train, sizes.iterations * config.num_envs,
+                            (sizes.sweep_name, sizes.sweep_values))
+    summaries = [training.finish(run, final_return=run.metrics["eval_return"][:, -1], checkpoint=run.state._asdict())
+                 for run in training.runs]
+    env_steps = np.asarray(training.metrics["env_steps"]).reshape(-1, sizes.num_rows)[0]
     learning = env_steps > config.learning_starts + sizes.iterations_per_row * config.num_envs
-    critic_loss = np.asarray(metrics["critic_loss"]).reshape(-1, sizes.num_rows)[:, learning]
+    critic_loss = np.asarray(training.metrics["critic_loss"]).reshape(-1, sizes.num_rows)[:, learning]
     if not np.isfinite(critic_loss).all():
         learner, row = np.argwhere(~np.isfinite(critic_loss))[0]
         raise SystemExit(
             f"critic_loss became NaN/inf for learner {learner} (seed x swept value) at env step "
-            f"{int(env_steps[learning][row]):,}. Outputs so far are in {run_dir}. Try lower learning rates, a "
-            f"smaller --reward-scale, or --normalize-observations."
+            f"{int(env_steps[learning][row]):,}. Outputs so far are in {training.run_dir}. Try lower learning "
+            f"rates, a smaller --reward-scale, or --normalize-observations."
         )
     if not config.quiet:
-        for directory, summary, curve in zip(run_configs, summaries, curves):
-            print(f"{directory}: evaluation return {runlog.sparkline(curve)}")
-            print(f"  final return per seed: {summary['final_return']}  "
-                  f"({summary['env_steps_per_second']:,.0f} env steps/s, compile {compile_seconds:.1f}s)")
-        print(f"curves (curve.png) and summaries (summary.json) in {run_dir}")
-    return summaries if sizes.sweep_name else summaries[0]
+        runlog.report(training, summaries, "eval_return", "evaluation return")
+    return training.returned(summaries)
 
 
 if __name__ == "__main__":

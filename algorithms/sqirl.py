@@ -637,60 +637,39 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    run_dir = runlog.run_path(config, NAME)
-    values = sizes.sweep_values or (None,)
-    simulated_steps = sizes.num_iterations * config.episodes_per_iteration * sizes.horizon
-    progress = runlog.Progress(run_dir, simulated_steps, config.num_seeds * len(values), config.quiet)
-    program = make_train(config, progress)  # raises on a bad config before compiling
-    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
-    for directory, run_config in {run_dir: config, **run_configs}.items():
-        runlog.start_run(directory, run_config, NAME)
-    keys = runlog.seed_keys(config.seed, config.num_seeds)
-    if not config.quiet:
-        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
-        print(f"{NAME} on {config.env_id} ({config.preset} preset), {config.num_seeds} seed(s){grid}: horizon "
-              f"{sizes.horizon}, k = {config.num_heads}, m = {config.episodes_per_iteration}, budget "
-              f"{config.total_timesteps:,} steps, {runlog.schedule_note(program.num_updates, config.num_checkpoints)} "
-              f"-> {run_dir}", flush=True)
-    (state, snapshots), metrics, compile_seconds, train_seconds = runlog.run_program(
-        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
-        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
-    summaries, curves, iterations = [], [], []
-    for directory, run_config, (run_state, run_snapshots), run_metrics in runlog.sweep_runs(
-            run_configs, (state, snapshots), metrics, sizes.sweep_name is not None):
-        iterations_run = run_metrics["collected"].sum(axis=1)
-        summaries.append(runlog.finish_run(
-            directory, run_config, NAME, run_metrics, final_return=run_metrics["eval_return"][:, -1],
+    training = runlog.train(
+        NAME, config, make_train, sizes.num_iterations * config.episodes_per_iteration * sizes.horizon,
+        (sizes.sweep_name, sizes.sweep_values), budget=True,
+        detail=f"horizon {sizes.horizon}, k = {config.num_heads}, m = {config.episodes_per_iteration}, budget "
+               f"{config.total_timesteps:,} steps")
+    summaries = []
+    for run in training.runs:
+        run_state, run_snapshots = run.state
+        iterations_run = run.metrics["collected"].sum(axis=1)
+        summaries.append(training.finish(
+            run, final_return=run.metrics["eval_return"][:, -1],
             checkpoint={"params": run_state.params, "opt_state": run_state.opt_state,
                         "policy_snapshots": run_snapshots, "num_frozen": iterations_run},
-            compile_seconds=compile_seconds, train_seconds=train_seconds / len(values),
             extra_summary={"iterations_run": iterations_run.tolist(), "num_heads": config.num_heads,
                            "horizon": sizes.horizon, "solve_threshold": sizes.solve_threshold,
-                           "steps_to_solve": steps_to_solve(run_metrics["eval_return"], run_metrics["env_steps"],
+                           "steps_to_solve": steps_to_solve(run.metrics["eval_return"], run.metrics["env_steps"],
                                                             sizes.solve_threshold)},
         ))
-        curves.append(runlog.nanmean_quiet(run_metrics["eval_return"], axis=0))
-        iterations.append(iterations_run)
-    loss = np.asarray(metrics["loss"])
-    collected = np.asarray(metrics["collected"]) > 0
-    bad = collected & ~np.isfinite(loss) & (np.asarray(metrics["gradient_steps"]) > 0)
+    metrics = training.metrics
+    bad = (np.asarray(metrics["collected"]) > 0) & ~np.isfinite(np.asarray(metrics["loss"])) \
+        & (np.asarray(metrics["gradient_steps"]) > 0)
     if bad.any():
         *value_index, seed, iteration = np.argwhere(bad)[0]
         swept = f" ({sizes.sweep_name}={sizes.sweep_values[value_index[0]]:g})" if sizes.sweep_name else ""
         raise SystemExit(
             f"The loss became NaN/inf for seed {seed}{swept} at iteration {iteration}. Outputs so far are in "
-            f"{run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller --reward-scale."
+            f"{training.run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller --reward-scale."
         )
     if not config.quiet:
-        for directory, summary, curve, iterations_run in zip(run_configs, summaries, curves, iterations):
-            label = f"{directory.name}: " if sizes.sweep_name else ""
-            print(f"{label}greedy return {runlog.sparkline(curve)}")
-            print(f"{label}final greedy return per seed: {summary['final_return']}; env steps to reach "
-                  f"{summary['solve_threshold']}: {summary['steps_to_solve']}  ({summary['env_steps']:,} env "
-                  f"steps in {iterations_run.min()} iterations; {summary['env_steps_per_second']:,.0f} env steps/s, "
-                  f"compile {compile_seconds:.1f}s)")
-            print(f"{label}curve: {directory / 'curve.png'}  summary: {directory / 'summary.json'}")
-    return summaries if sizes.sweep_name else summaries[0]
+        runlog.report(training, summaries, "eval_return", "greedy return", final="final greedy return",
+                      extra=lambda s: f"; env steps to reach {s['solve_threshold']}: {s['steps_to_solve']} "
+                                      f"({s['env_steps']:,} env steps in {min(s['iterations_run'])} iterations)")
+    return training.returned(summaries)
 
 
 if __name__ == "__main__":

@@ -596,50 +596,25 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
     config = runlog.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    run_dir = runlog.run_path(config, NAME)
-    values = sizes.sweep_values or (None,)
-    num_learners = config.num_seeds * len(values)
-    progress = runlog.Progress(run_dir, sizes.total_steps, num_learners, config.quiet)
-    program = make_train(config, progress)  # raises on a bad config before compiling
-    run_configs = runlog.sweep_run_configs(run_dir, config, sizes.sweep_name, sizes.sweep_values)
-    for directory, run_config in {run_dir: config, **run_configs}.items():
-        runlog.start_run(directory, run_config, NAME)
-    keys = runlog.seed_keys(config.seed, config.num_seeds)
-    if not config.quiet:
-        grid = f" x {len(values)} values of {sizes.sweep_name}" if sizes.sweep_name else ""
-        schedule = runlog.schedule_note(program.num_updates, config.num_checkpoints, sizes.total_steps,
-                                        config.total_timesteps)
-        print(f"{NAME}: stream {config.learner.upper()}(λ) on {config.env_id} ({config.preset} preset), "
-              f"{config.num_seeds} seed(s){grid}: {schedule} -> {run_dir}", flush=True)
-    state, metrics, compile_seconds, train_seconds = runlog.run_program(
-        lambda c: make_train(c, progress), config, keys, run_dir, config.num_checkpoints, config.resume,
-        sweep=(sizes.sweep_name, sizes.sweep_values) if sizes.sweep_name else None)
-    curve_key = "rms_error" if config.learner == "td" else "episode_return"
-    summaries, curves = [], []
-    for directory, run_config, run_state, run_metrics in runlog.sweep_runs(
-            run_configs, state, metrics, sizes.sweep_name is not None):
-        extra = {"final_rms_error": run_metrics["rms_error"][:, -1].tolist()} if config.learner == "td" else {}
-        summaries.append(runlog.finish_run(
-            directory, run_config, NAME, run_metrics, final_return=final_training_return(run_metrics),
-            checkpoint={"params": run_state.params, "traces": run_state.traces, "env_state": run_state.env_state},
-            compile_seconds=compile_seconds, train_seconds=train_seconds / len(values), curve_key=curve_key,
-            curve_label="RMS value error" if config.learner == "td" else "episode return", extra_summary=extra,
-        ))
-        curves.append(runlog.nanmean_quiet(run_metrics[curve_key], axis=0))
-    if not np.isfinite(np.asarray(metrics["abs_td_error"])).all():
+    training = runlog.train(NAME, config, make_train, sizes.total_steps, (sizes.sweep_name, sizes.sweep_values),
+                            detail=f"stream {config.learner.upper()}(λ)")
+    td = config.learner == "td"
+    curve_key = "rms_error" if td else "episode_return"
+    summaries = [training.finish(
+        run, final_return=final_training_return(run.metrics),
+        checkpoint={"params": run.state.params, "traces": run.state.traces, "env_state": run.state.env_state},
+        curve_key=curve_key, curve_label="RMS value error" if td else "episode return",
+        extra_summary={"final_rms_error": run.metrics["rms_error"][:, -1].tolist()} if td else {},
+    ) for run in training.runs]
+    if not np.isfinite(np.asarray(training.metrics["abs_td_error"])).all():
         raise SystemExit(
-            f"The TD error became NaN/inf. Outputs so far are in {run_dir}. Try a larger --kappa (a tighter "
+            f"The TD error became NaN/inf. Outputs so far are in {training.run_dir}. Try a larger --kappa (a tighter "
             f"step-size bound), a smaller --lr, or --scale-rewards and --normalize-observations if they are off."
         )
     if not config.quiet:
-        for directory, summary, curve in zip(run_configs, summaries, curves):
-            print(f"{Path(directory).name}: {curve_key} {runlog.sparkline(curve)}")
-            print(f"  final training return per seed: {[round(r, 2) for r in summary['final_return']]}"
-                  + (f"  final RMS error: {[round(e, 4) for e in summary['final_rms_error']]}"
-                     if "final_rms_error" in summary else ""))
-        print(f"{sizes.total_steps * num_learners / max(train_seconds, 1e-9):,.0f} env steps/s over all {num_learners} "
-              f"learners, compile {compile_seconds:.1f}s; curves and summaries in {run_dir}")
-    return summaries if sizes.sweep_name else summaries[0]
+        runlog.report(training, summaries, curve_key, curve_key, final="final training return",
+                      extra=lambda s: f"; final RMS error {[round(e, 4) for e in s['final_rms_error']]}" if td else "")
+    return training.returned(summaries)
 
 
 if __name__ == "__main__":
