@@ -4,9 +4,8 @@ Runs each algorithm at a tiny size with 4 seeds twice, in fresh processes pinned
 (JAX_PLATFORMS=cpu, so the test means the same on a GPU machine): once on one CPU device, once with
 XLA_FLAGS=--xla_force_host_platform_device_count=4 (the keys, hence the seeds, split over 4 devices).
 IWOCS has no single `train` (its outer loop is Python); its whole `main` runs both ways and the summaries
-are compared. CI checks PQN, stream-x and SQIRL (the cheapest to compile: all six take 206 s of the 2-core
-CPU, more than CI's 45 minutes leave); `SHARDING_ALGORITHMS=all python -m pytest tests/test_sharding.py`
-checks every file (all six passed on 2026-12-03). The 1-device and 4-device processes run side by side.
+are compared. Every algorithm file is checked (206 s of the 2-core CPU for all six); the 1-device and 4-device
+processes run side by side.
 
 The two are different float programs: XLA partitions the 4-seed program into one 1-seed program per device,
 and a batch of 4 and a batch of 1 may be vectorized differently (AVX2 vs AVX-512 differ again), so the runs
@@ -74,7 +73,7 @@ def finish(process: subprocess.Popen) -> dict:
     return json.loads(stdout.split("RESULT", 1)[1])
 
 
-CHECKED = ALGORITHMS if os.environ.get("SHARDING_ALGORITHMS") == "all" else ["pqn", "sqirl", "stream_x"]
+CHECKED = ALGORITHMS
 
 
 @pytest.fixture(scope="module")
