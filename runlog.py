@@ -433,7 +433,8 @@ def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array,
     hparams = {name: jnp.asarray(values, jnp.float32) for name, values in sweeps.items()}
     name = next(iter(sweeps), None)
     batch_axes = 2 if name else 1  # [values,] seeds
-    program = program or make_program(config)  # (`program`: the caller's make_program(config), already built)
+    if program is None:  # (else the caller's make_program(config), already built)
+        program = make_program(config)
     chunks = num_chunks(program.num_updates, num_checkpoints)
     length = program.num_updates // chunks
 

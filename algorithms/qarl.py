@@ -856,24 +856,14 @@ class GridResult(NamedTuple):
     average: jax.Array
 
 
-def grid_models(uset: envs.UncertaintySet, grid_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """The authors' robustness models, absolute values: each axis alone over its range with the other axes at
-    their nominal values ([d, grid_points, d]), and the joint grid ((grid_points,) * d + (d,))."""
-    axis_values = np.stack([np.linspace(lo, hi, grid_points, dtype=np.float32)
-                            for lo, hi in zip(uset.low, uset.high)])
-    lines = np.tile(np.asarray(uset.nominal, np.float32), (uset.dim, grid_points, 1))
-    for axis in range(uset.dim):
-        lines[axis, :, axis] = axis_values[axis]
-    return lines, np.asarray(uset.grid(grid_points))
-
-
 def make_grid_evaluation(config: Config) -> tuple[envs.UncertaintySet, Callable]:
     """`evaluate(protagonist_actor_params, key) -> GridResult`: the stochastic protagonist (feature 0) without
     adversary, `grid_episodes` episodes per model, on each axis alone and on the joint grid."""
     env, env_params, spec = make_env(config)
     uset = envs.uncertainty_set(config.grid_set)
     actor = Actor(spec.action_dim, config.hidden_size, config.num_layers)
-    lines, grid = grid_models(uset, config.grid_points)
+    # The authors' robustness models (absolute values): each axis alone, the others nominal, then the joint grid
+    lines, grid = uset.axis_lines(config.grid_points), np.asarray(uset.grid(config.grid_points))
     models = np.concatenate([lines.reshape(-1, uset.dim), grid.reshape(-1, uset.dim)])
 
     def policy_init(params, first_obs):
@@ -899,7 +889,7 @@ def make_grid_evaluation(config: Config) -> tuple[envs.UncertaintySet, Callable]
         key_policy, key_env = jax.random.split(key)
         returns = evaluate_models((actor_params, key_policy), models, key_env)
         axis_returns, joint = returns[: lines.size // uset.dim], returns[lines.size // uset.dim:]
-        return GridResult(jnp.asarray(lines[np.arange(uset.dim), :, np.arange(uset.dim)]),
+        return GridResult(jnp.asarray(uset.axis_values(config.grid_points)),
                           axis_returns.reshape(uset.dim, config.grid_points), jnp.asarray(grid),
                           joint.reshape(grid.shape[:-1]), joint.min(), joint.mean())
 

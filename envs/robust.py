@@ -228,13 +228,25 @@ class UncertaintySet:
         """Uniform values in the box, shape (d,)."""
         return self.from_normalized(jax.random.uniform(key, (self.dim,)))
 
+    def axis_values(self, num_per_axis: int) -> np.ndarray:
+        """`num_per_axis` evenly spaced values of each parameter over its range (ends included), shape
+        (d, num_per_axis)."""
+        if int(num_per_axis) < 2:
+            raise ValueError(f"num_per_axis must be at least 2 (both ends of each range), got {num_per_axis}.")
+        return np.stack([np.linspace(lo, hi, int(num_per_axis), dtype=np.float32) for lo, hi in zip(self.low, self.high)])
+
     def grid(self, num_per_axis: int) -> jax.Array:
         """Values of the uniform grid with `num_per_axis` points per axis (ends included), shape
         (num_per_axis,) * d + (d,); axis i of the grid is parameter i."""
-        if int(num_per_axis) < 2:
-            raise ValueError(f"num_per_axis must be at least 2 (both ends of each range), got {num_per_axis}.")
-        axes = [np.linspace(lo, hi, int(num_per_axis), dtype=np.float32) for lo, hi in zip(self.low, self.high)]
-        return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+        return jnp.stack(jnp.meshgrid(*self.axis_values(num_per_axis), indexing="ij"), axis=-1)
+
+    def axis_lines(self, num_per_axis: int) -> np.ndarray:
+        """Each parameter alone over its range, the others at their nominal values: shape (d, num_per_axis, d),
+        line i varying parameter i (the one-axis robustness curves of QARL's paper)."""
+        lines = np.tile(np.asarray(self.nominal, np.float32), (self.dim, int(num_per_axis), 1))
+        for axis, values in enumerate(self.axis_values(num_per_axis)):
+            lines[axis, :, axis] = values
+        return lines
 
     def check(self, values) -> None:
         """Raise a ValueError naming each parameter outside the box (concrete values only)."""

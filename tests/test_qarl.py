@@ -205,7 +205,7 @@ def test_adversary_off_is_sac_without_a_temperature_feature():
 
 def test_grid_models_are_each_axis_alone_at_nominal_and_the_joint_grid():
     uset = envs.uncertainty_set("pendulum-2d")
-    lines, grid = qarl.grid_models(uset, 11)
+    lines, grid = uset.axis_lines(11), np.asarray(uset.grid(11))
     assert lines.shape == (2, 11, 2) and grid.shape == (11, 11, 2)
     np.testing.assert_allclose(lines[0, :, 0], np.linspace(uset.low[0], uset.high[0], 11), rtol=1e-6)
     np.testing.assert_allclose(lines[0, :, 1], uset.nominal[1])  # the other axis at its nominal value
