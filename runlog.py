@@ -82,7 +82,32 @@ def resumed_config(config_cls, args: list[str]):
                          f"added (got {' '.join(args)}). To change a setting, start a new run.")
     if not (Path(run_dir) / "config.json").exists():
         raise SystemExit(f"--resume {run_dir}: no config.json there. Pass the directory of an earlier run.")
+    check_resumable(config_cls, run_dir)
     return recorded_config(config_cls, run_dir, run_dir=str(run_dir), resume=True, quiet="--quiet" in rest)
+
+
+def file_name(config_cls) -> str:
+    """The name of the algorithm file that defines `config_cls` (its NAME: a copy names itself)."""
+    module = sys.modules.get(config_cls.__module__)
+    return Path(getattr(module, "__file__", None) or config_cls.__module__).stem
+
+
+def check_resumable(config_cls, run_dir) -> None:
+    """Refuse, before anything is written, to resume a run that another algorithm file made (by name) or whose
+    recorded config has other fields than this file's Config: continuing it here would train another rule."""
+    recorded = json.loads((Path(run_dir) / "config.json").read_text())
+    name, made_by = file_name(config_cls), recorded.get("algorithm")
+    if made_by != name:
+        raise SystemExit(f"--resume {run_dir}: that run was made by {made_by}.py, not by this file ({name}.py); "
+                         f"resume it with the file that made it: python algorithms/{made_by}.py --resume {run_dir}")
+    fields = {field.name for field in dataclasses.fields(config_cls)}
+    unknown, missing = sorted(set(recorded) - fields - {"algorithm"}), sorted(fields - set(recorded))
+    if unknown or missing:
+        differ = ([f"fields this file does not have: {', '.join(unknown)}"] if unknown else []) + \
+                 ([f"fields it did not record: {', '.join(missing)}"] if missing else [])
+        raise SystemExit(f"--resume {run_dir}: its config.json differs from this file's Config "
+                         f"({'; '.join(differ)}); the file changed since the run started. Resume with the version "
+                         f"that made it, or start a new run.")
 
 
 def recorded_config(config_cls, directory, **changes):
@@ -376,7 +401,14 @@ def sweep_run_configs(run_dir: Path, config, name: str | None, values: tuple[flo
     """The run directory and config of every value of a sweep: RUN_DIR/<name>=<value>, or just RUN_DIR."""
     if name is None:
         return {Path(run_dir): config}
-    cast = type(getattr(config, name))
+    kind = type(getattr(config, name))
+    if kind is bool:
+        raise ValueError(f"--sweep {name}=...: {name} is a switch (true/false), not a number; run each setting "
+                         f"as its own run.")
+    if kind is int and any(v != int(v) for v in values):
+        raise ValueError(f"--sweep {name}={','.join(f'{v:g}' for v in values)}: {name} is a whole number; sweep "
+                         f"whole values only (e.g. {name}=1,2,4).")
+    cast = int if kind is int else float
     return {Path(run_dir) / f"{name}={v:g}": dataclasses.replace(config, **{name: cast(v)}, sweep="") for v in values}
 
 
@@ -413,21 +445,27 @@ def schedule_note(num_updates: int, num_checkpoints: int, steps: int | None = No
 
 def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array, run_dir: Path,
                 num_checkpoints: int = 1, resume: bool = False, sweep: tuple[str, tuple] | dict[str, tuple] | None = None,
-                stop_after_chunks: int | None = None, program: Program | None = None):
+                stop_after_chunks: int | None = None, program: Program | None = None,
+                before_compile: Callable[[], None] = lambda: None, resume_command: str = ""):
     """Run `make_program(config)` for every seed (and every swept value), in chunks with the full state saved
     after each.
 
     Returns (result, metrics, compile_seconds, train_seconds); outputs have a leading seed axis, preceded by
     a value axis for a sweep. The updates run in `num_chunks(num_updates, num_checkpoints)` equal jitted
-    chunks; after each, the whole carry and the metrics so far go to RUN_DIR/resume.npz (atomically), and
-    `resume=True` continues from there. A resumed run executes the same compiled chunks on the same inputs
-    as an uninterrupted one, so on one CPU it ends bit-identical to it.
+    chunks; after each, the whole carry and the metrics so far go to RUN_DIR/resume.npz (atomically, every
+    array under its name: the carry's tree path, the metric's key), and `resume=True` continues from there,
+    after checking that the saved names and shapes are the ones this program makes (else it refuses, naming
+    what differs). A resumed run executes the same compiled chunks on the same inputs as an uninterrupted one,
+    so on one CPU it ends bit-identical to it. `before_compile()` runs once everything is traced (and a resumed
+    state checked): `train` writes the run directories there, so that bad input leaves none behind. Ctrl-C
+    stops at once with the state of the last finished chunk saved, and prints `resume_command`.
 
     Under `sweep=(name, values)` the program is built inside the traced run from `with_values(config,
     {name: value})` (`program_with`), the value a traced float32 with one entry per swept value (vmapped), so
     every place the file reads `config.<name>` sees the swept value. A swept name that the computation never
-    reads is an error, raised after tracing and before compiling. (`sweep` may also map several names to
-    values of one length, swept jointly: the tests use it.)
+    reads, or reads where a concrete number is needed (a loop length, a shape, a Python `if` or `int`), is an
+    error, raised after tracing and before compiling. (`sweep` may also map several names to values of one
+    length, swept jointly: the tests use it.)
     """
     sweeps = dict([sweep]) if isinstance(sweep, tuple) else dict(sweep or {})  # {name: values}, one axis
     hparams = {name: jnp.asarray(values, jnp.float32) for name, values in sweeps.items()}
@@ -448,38 +486,80 @@ def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array,
     init_all = jax.jit(_batched(init, num_seeds, None if name is None else (None, 0)))
     chunk_all = jax.jit(_batched(chunk, num_seeds, None if name is None else (0, None, 0)))
     t0 = time.perf_counter()
-    carry_shape = jax.eval_shape(init_all, keys, hparams)
     state_path = Path(run_dir) / "resume.npz"
-    if resume:
-        metrics_shape = jax.eval_shape(chunk_all, carry_shape, jnp.int32(0), hparams)[1]
-        done, carry, metrics, train_seconds = _load_state(state_path, carry_shape, metrics_shape,
-                                                          program.num_updates, length)
-    else:
-        done, carry, metrics, train_seconds = 0, init_all(keys, hparams), [], 0.0
-    # Fresh or resumed, every chunk gets its carry placed the same way (seed axis over the devices), so one
-    # compiled chunk serves every call.
-    traced = chunk_all.trace(_place(carry, keys, batch_axes), jnp.int32(0), hparams)
+    with _swept_values_concrete(name):
+        if resume:
+            carry_shape = jax.eval_shape(init_all, keys, hparams)
+            metrics_shape = jax.eval_shape(chunk_all, carry_shape, jnp.int32(0), hparams)[1]
+            done, carry, metrics, train_seconds = _load_state(state_path, carry_shape, metrics_shape,
+                                                              program.num_updates, length)
+        else:
+            done, carry, metrics, train_seconds = 0, init_all(keys, hparams), [], 0.0
+        # Fresh or resumed, every chunk gets its carry placed the same way (seed axis over the devices), so one
+        # compiled chunk serves every call.
+        traced = chunk_all.trace(_place(carry, keys, batch_axes), jnp.int32(0), hparams)
     unread = _unread_inputs(traced, hparams, hparams)
     if unread:
         unread = _unread_inputs(init_all.trace(keys, hparams), hparams, unread)
     if unread:
         raise ValueError(f"--sweep {unread[0]}=...: the training computation never reads config.{unread[0]}, so "
                          f"every value would train the same run; read it in the jitted code (or sweep another name).")
+    before_compile()
     compiled = traced.lower().compile()
     compile_seconds = time.perf_counter() - t0  # tracing, compiling and the initial state
-    for index in range(done // length, chunks):
-        if stop_after_chunks is not None and index >= stop_after_chunks:
-            raise RunInterrupted(f"stopped after {index} of {chunks} chunks")
-        t0 = time.perf_counter()
-        carry = _place(carry, keys, batch_axes)
-        carry, chunk_metrics = jax.block_until_ready(compiled(carry, jnp.int32(index * length), hparams))
-        jax.effects_barrier()  # let the chunk's progress callbacks finish before timing stops
-        train_seconds += time.perf_counter() - t0
-        metrics.append(_gather(chunk_metrics))
-        if chunks > 1:
-            _save_state(state_path, (index + 1) * length, carry, metrics, batch_axes, train_seconds)
+    saved = done
+    try:
+        for index in range(done // length, chunks):
+            if stop_after_chunks is not None and index >= stop_after_chunks:
+                raise RunInterrupted(f"stopped after {index} of {chunks} chunks")
+            t0 = time.perf_counter()
+            carry = _place(carry, keys, batch_axes)
+            carry, chunk_metrics = _wait(compiled(carry, jnp.int32(index * length), hparams))
+            jax.effects_barrier()  # let the chunk's progress callbacks finish before timing stops
+            train_seconds += time.perf_counter() - t0
+            metrics.append(_gather(chunk_metrics))
+            if chunks > 1:
+                _save_state(state_path, (index + 1) * length, carry, metrics, batch_axes, train_seconds)
+                saved = (index + 1) * length
+    except KeyboardInterrupt:
+        where = (f"the state after {saved:,} of {program.num_updates:,} updates is in {state_path}; continue with: "
+                 f"{resume_command or '--resume ' + str(run_dir)}") if saved else (
+                 "no state was saved yet (one is saved after each of the --num-checkpoints chunks): start it again")
+        print(f"\nInterrupted: {where}", file=sys.stderr, flush=True)
+        os._exit(130)  # at once: the chunk still running in XLA's threads is not waited for (its state is lost)
     metrics = jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics)
     return program.result(carry), metrics, compile_seconds, train_seconds
+
+
+class _swept_values_concrete:
+    """Turns a trace error on a swept run (the swept value used where JAX needs a concrete number) into the
+    one-line error of bad input, naming the field and the rule."""
+
+    def __init__(self, name: str | None):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        concrete_needed = (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+                           jax.errors.TracerBoolConversionError, jax.errors.TracerArrayConversionError)
+        if self.name is not None and isinstance(error, concrete_needed):
+            raise ValueError(
+                f"--sweep {self.name}=...: config.{self.name} sets a loop length, an array shape or a Python "
+                f"if/int in this file, which one vmapped program cannot vary; a swept field may only feed the "
+                f"arithmetic of the jitted code. Train one run per value instead (--{self.name.replace('_', '-')} V)."
+            ) from None
+        return False
+
+
+def _wait(tree: Any) -> Any:
+    """block_until_ready that Ctrl-C can interrupt: polls, so the KeyboardInterrupt is raised at once rather
+    than after the chunk."""
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    while not all(x.is_ready() for x in leaves):
+        time.sleep(0.02)
+    return jax.block_until_ready(tree)
 
 
 class Run(NamedTuple):
@@ -531,21 +611,48 @@ def train(algorithm: str, config, make_train: Callable, steps_per_seed: int, swe
     progress = Progress(run_dir, steps_per_seed, config.num_seeds * num_values, config.quiet, every_seconds)
     program = make_train(config, progress)
     run_configs = sweep_run_configs(run_dir, config, sweep_name, sweep_values)
-    for directory, run_config in {run_dir: config, **run_configs}.items():
-        start_run(directory, run_config, algorithm)
     if not config.quiet:
         grid = f" x {num_values} values of {sweep_name}" if sweep_name else ""
         schedule = schedule_note(program.num_updates, config.num_checkpoints,
                                  *(() if budget else (steps_per_seed, config.total_timesteps)))
         print(f"{algorithm} on {config.env_id} ({config.preset} preset{', ' + detail if detail else ''}), "
               f"{config.num_seeds} seed(s){grid}: {schedule} -> {run_dir}", flush=True)
-    state, metrics, compile_seconds, train_seconds = run_program(
-        lambda c: make_train(c, progress), config, seed_keys(config.seed, config.num_seeds), run_dir,
-        config.num_checkpoints, config.resume, sweep=(sweep_name, sweep_values) if sweep_name else None,
-        program=program)
+    written = {run_dir: config, **run_configs}
+
+    def write_directories():  # once the program traced and a resumed state was checked: bad input writes nothing
+        global _RUN_STARTED
+        if config.resume:  # the run's own config.json stays as it was
+            _RUN_STARTED = True
+            return
+        for directory, run_config in written.items():
+            start_run(directory, run_config, algorithm)
+
+    script = Path(sys.argv[0])
+    script = script if script.suffix == ".py" else Path("algorithms") / f"{algorithm}.py"
+    try:
+        state, metrics, compile_seconds, train_seconds = run_program(
+            lambda c: make_train(c, progress), config, seed_keys(config.seed, config.num_seeds), run_dir,
+            config.num_checkpoints, config.resume, sweep=(sweep_name, sweep_values) if sweep_name else None,
+            program=program, before_compile=write_directories,
+            resume_command=f"python {script} --resume {run_dir}")
+    except BaseException:
+        if not config.resume and progress.start is None:  # failed before its first update: leave no directory
+            _remove_unstarted(written)
+        raise
     runs = [Run(*run) for run in sweep_runs(run_configs, state, metrics, sweep_name is not None)]
     return Training(algorithm, run_dir, runs, metrics, compile_seconds, train_seconds / num_values,
                     sweep_name is not None)
+
+
+def _remove_unstarted(directories: dict[Path, Any]) -> None:
+    """Remove what `start_run` wrote for a run that failed before its first update (config.json, and the
+    directories if that leaves them empty); nothing else in them is touched."""
+    for directory in sorted(directories, key=lambda d: -len(d.parts)):  # sweep values before their parent
+        (directory / "config.json").unlink(missing_ok=True)
+        try:
+            directory.rmdir()
+        except OSError:  # not there, or holds something else
+            pass
 
 
 def report(training: Training, summaries: list[dict[str, Any]], curve_key: str, label: str,
@@ -597,35 +704,60 @@ def _gather(tree: Any) -> Any:
     return jax.tree.map(gather, tree)
 
 
+def _named(tree: Any) -> tuple[list[str], list[Any]]:
+    """The leaves of a pytree with their paths ("[0].params['Dense_0']['kernel']", "['episode_return']")."""
+    pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(path) for path, _ in pairs], [leaf for _, leaf in pairs]
+
+
 def _save_state(path: Path, updates_done: int, carry: Any, metrics: list[Any], batch_axes: int,
                 train_seconds: float) -> None:
-    """The whole carry, the metrics and the training time so far, atomically: a kill mid-write keeps the
-    previous state. (A resumed run's train_seconds is the sum over its processes, so its steps/s stay true.)"""
-    leaves = jax.tree.leaves(_gather(carry))
-    metric_leaves = jax.tree.leaves(jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics))
+    """The whole carry, the metrics and the training time so far, atomically (a kill mid-write keeps the
+    previous state), each array with its name. (A resumed run's train_seconds is the sum over its processes,
+    so its steps/s stay true.)"""
+    carry_names, carry_leaves = _named(_gather(carry))
+    metric_names, metric_leaves = _named(jax.tree.map(lambda *m: np.concatenate(m, axis=batch_axes), *metrics))
     if jax.process_index() != 0:
         return
-    arrays = {f"carry_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays = {f"carry_{i}": np.asarray(x) for i, x in enumerate(carry_leaves)}
     arrays |= {f"metric_{i}": np.asarray(x) for i, x in enumerate(metric_leaves)}
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, updates_done=np.int64(updates_done), train_seconds=np.float64(train_seconds), **arrays)
+        np.savez(f, updates_done=np.int64(updates_done), train_seconds=np.float64(train_seconds),
+                 carry_names=np.array(carry_names), metric_names=np.array(metric_names), **arrays)
     os.replace(tmp, path)
 
 
 def _load_state(path: Path, carry_shape: Any, metrics_shape: Any, num_updates: int, length: int):
+    """The saved state, each array put back where its name says; refuses (naming them) names or shapes that
+    differ from what this program makes."""
     if not path.exists():
         raise SystemExit(f"--resume: {path} does not exist. The run saved no state before it stopped (it saves "
                          f"one after each of its --num-checkpoints chunks; 1 means only at the end).")
+    carry_names, shapes = _named(carry_shape)
+    metric_names, metric_shapes = _named(metrics_shape)
     with np.load(path) as data:
         done, train_seconds = int(data["updates_done"]), float(data["train_seconds"])
-        shapes = jax.tree.leaves(carry_shape)
-        leaves = [data[f"carry_{i}"] for i in range(len(shapes))]
-        metric_leaves = [data[f"metric_{i}"] for i in range(len(jax.tree.leaves(metrics_shape)))]
-    if done % length or done > num_updates or any(
-            x.shape != s.shape or x.dtype != s.dtype for x, s in zip(leaves, shapes)):
+        saved = {kind: ([str(n) for n in data[f"{kind}_names"]] if f"{kind}_names" in data else None)
+                 for kind in ("carry", "metric")}
+        for kind, names in (("carry", carry_names), ("metric", metric_names)):
+            if saved[kind] is None:  # saved before names were recorded: accepted only if the counts agree
+                count = sum(key.startswith(f"{kind}_") and key[len(kind) + 1:].isdigit() for key in data.files)
+                saved[kind] = names if count == len(names) else [f"<{count} unnamed arrays>"]
+        differ = [f"{kind} {name}" for kind, names in (("carry", carry_names), ("metric", metric_names))
+                  for name in sorted(set(names) ^ set(saved[kind]))]
+        if differ:
+            raise SystemExit(f"--resume: the state in {path} does not hold what this file's program makes (it was "
+                             f"saved by another version of the file or another config); differing: "
+                             f"{', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''}. Start a new run.")
+        by_name = {kind: {name: data[f"{kind}_{i}"] for i, name in enumerate(saved[kind])} for kind in saved}
+        leaves = [by_name["carry"][name] for name in carry_names]
+        metric_leaves = [by_name["metric"][name] for name in metric_names]
+    mismatched = [name for name, x, s in zip(carry_names, leaves, shapes) if x.shape != s.shape or x.dtype != s.dtype]
+    if done % length or done > num_updates or mismatched:
+        shapes_differ = f"; shapes differ: {', '.join(mismatched[:4])}" if mismatched else ""
         raise SystemExit(f"--resume: the state in {path} does not match this run's config (it was saved by another "
-                         f"version of the file or another config). Start a new run.")
+                         f"version of the file or another config{shapes_differ}). Start a new run.")
     carry = jax.tree.unflatten(jax.tree.structure(carry_shape), leaves)
     metrics = [jax.tree.unflatten(jax.tree.structure(metrics_shape), metric_leaves)] if done else []
     return done, carry, metrics, train_seconds

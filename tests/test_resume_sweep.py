@@ -6,8 +6,14 @@ stop_after_chunks hook raises RunInterrupted where a killed process would stop),
 its checkpoint and metrics must equal the uninterrupted run's bit for bit (same compiled chunks, same inputs).
 """
 
+import dataclasses
 import functools
+import importlib.util
 import json
+import signal
+import subprocess
+import sys
+import time
 from importlib import import_module
 
 import jax
@@ -15,7 +21,7 @@ import numpy as np
 import pytest
 
 import runlog
-from tests.test_cli import TINY
+from tests.test_cli import ROOT, TINY, checkout_copy
 
 # A hyperparameter per file that --sweep varies inside one program, and three values of it.
 SWEEPS = {
@@ -179,3 +185,170 @@ def test_sweeping_a_name_the_computation_never_reads_is_an_error(tmp_path, monke
     monkeypatch.setattr(pqn, "SWEEPABLE", (*pqn.SWEEPABLE, "num_checkpoints"))
     with pytest.raises(ValueError, match="never reads config.num_checkpoints"):
         pqn.main([*TINY["pqn"], "--quiet", "--sweep", "num_checkpoints=1,2", "--run-dir", str(tmp_path)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resume and sweeps never silently change or corrupt a run
+
+
+def directory_bytes(directory):
+    """Every file under `directory` with its bytes: what must not change when a resume is refused."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def cut_run(module, flags, run_dir, monkeypatch, chunks=1):
+    """Run `module.main` and stop it after `chunks` of its checkpointed chunks, as a killed run stops."""
+    with monkeypatch.context() as patch:
+        patch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=chunks))
+        with pytest.raises(runlog.RunInterrupted):
+            module.main([*flags, "--run-dir", str(run_dir)])
+    assert (run_dir / "resume.npz").exists()
+
+
+def load_copy(tmp_path, monkeypatch, name, edit=lambda source: source):
+    """A copy of algorithms/<name>.py saved as <name>_variant.py in a temporary checkout (after `edit`), imported."""
+    copy = checkout_copy(tmp_path) / "algorithms" / f"{name}_variant.py"
+    copy.write_text(edit((ROOT / "algorithms" / f"{name}.py").read_text()))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the copy puts its checkout first; undone after the test
+    spec = importlib.util.spec_from_file_location(f"{name}_variant", copy)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, f"{name}_variant", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resuming_another_files_run_is_refused_and_changes_nothing(tmp_path, monkeypatch):
+    """A copy of stream_x with a field of its own, cut after one chunk: `stream_x.py --resume` of its run is
+    refused by name before anything is written (it used to rewrite config.json as stream_x, drop the copy's
+    field and train the original rule)."""
+    own_field = '    seed: int = 0\n    trace_bonus: float = 0.0\n    """A copy\'s own field."""\n'
+    variant = load_copy(tmp_path, monkeypatch, "stream_x", lambda source: source.replace(
+        "    seed: int = 0\n", own_field, 1))
+    run_dir = tmp_path / "run"
+    cut_run(variant, [*TINY["stream_x"], "--num-checkpoints", "3", "--quiet"], run_dir, monkeypatch)
+    before = directory_bytes(run_dir)
+    stream_x = import_module("algorithms.stream_x")
+    with pytest.raises(SystemExit, match=r"made by stream_x_variant\.py, not by this file \(stream_x\.py\)"):
+        stream_x.main(["--resume", str(run_dir), "--quiet"])
+    assert directory_bytes(run_dir) == before
+
+
+def test_resuming_a_run_whose_config_fields_differ_is_refused(tmp_path, monkeypatch):
+    """The same file, changed between cut and resume: a field it no longer has, or one the run never recorded."""
+    pqn = import_module("algorithms.pqn")
+    run_dir = tmp_path / "run"
+    cut_run(pqn, [*TINY["pqn"], "--num-checkpoints", "2", "--quiet"], run_dir, monkeypatch)
+    recorded = json.loads((run_dir / "config.json").read_text())
+    for config, message in (({**recorded, "trace_bonus": 0.5}, "fields this file does not have: trace_bonus"),
+                            ({k: v for k, v in recorded.items() if k != "td_lambda"}, "did not record: td_lambda")):
+        (run_dir / "config.json").write_text(json.dumps(config))
+        before = directory_bytes(run_dir)
+        with pytest.raises(SystemExit, match=message):
+            pqn.main(["--resume", str(run_dir), "--quiet"])
+        assert directory_bytes(run_dir) == before
+
+
+def test_a_metric_added_between_cut_and_resume_is_refused_by_name(tmp_path, monkeypatch):
+    """Metrics are saved and restored by name: a file that logs one more metric after the cut is refused, naming
+    it, with nothing written (restored by position, the saved columns would shift under other names)."""
+    pqn = import_module("algorithms.pqn")
+    run_dir = tmp_path / "run"
+    cut_run(pqn, [*TINY["pqn"], "--num-checkpoints", "2", "--quiet"], run_dir, monkeypatch)
+    with np.load(run_dir / "resume.npz") as saved:
+        assert "['td_loss']" in list(saved["metric_names"]) and len(saved["carry_names"]) > 0
+    original = pqn.make_train
+
+    def with_extra_metric(config, progress=None):
+        program = original(config, progress)
+
+        def update(carry, index):
+            carry, metrics = program.update(carry, index)
+            return carry, {**metrics, "aaa_new_metric": metrics["td_loss"] * 2}  # sorts first: shifts every column
+
+        return dataclasses.replace(program, update=update)
+
+    monkeypatch.setattr(pqn, "make_train", with_extra_metric)
+    before = directory_bytes(run_dir)
+    with pytest.raises(SystemExit, match=r"differing: metric \['aaa_new_metric'\]"):
+        pqn.main(["--resume", str(run_dir), "--quiet"])
+    assert directory_bytes(run_dir) == before
+
+
+def test_integer_fields_sweep_whole_values_recorded_exactly_and_switches_not_at_all(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        updates: int = 1
+        lr: float = 1e-3
+        double_q: bool = True
+        sweep: str = ""
+
+    configs = runlog.sweep_run_configs(tmp_path, Config(), "updates", (1.0, 4.0))
+    assert [c.updates for c in configs.values()] == [1, 4] and all(type(c.updates) is int for c in configs.values())
+    assert [d.name for d in configs] == ["updates=1", "updates=4"]
+    assert [c.lr for c in runlog.sweep_run_configs(tmp_path, Config(), "lr", (1e-4, 1.0)).values()] == [1e-4, 1.0]
+    with pytest.raises(ValueError, match="updates is a whole number"):
+        runlog.sweep_run_configs(tmp_path, Config(), "updates", (1.0, 1.5))
+    with pytest.raises(ValueError, match="double_q is a switch"):
+        runlog.sweep_run_configs(tmp_path, Config(), "double_q", (0.0, 1.0))
+
+
+@pytest.mark.parametrize("field, values", [("num_epochs", "1,2"), ("eps_decay", "0.1,0.2")])
+def test_a_swept_value_used_where_a_concrete_number_is_needed_is_one_line_and_writes_nothing(field, values, tmp_path,
+                                                                                          monkeypatch):
+    """PQN's num_epochs is a loop length and eps_decay goes through int() (the ε schedule's update count): made
+    sweepable, each fails in tracing. That is one line naming the field and the rule, before any directory."""
+    pqn = import_module("algorithms.pqn")
+    monkeypatch.setattr(pqn, "SWEEPABLE", (*pqn.SWEEPABLE, field))
+    with pytest.raises(ValueError, match=f"--sweep {field}=.*a swept field may only feed the arithmetic") as error:
+        pqn.main([*TINY["pqn"], "--quiet", "--run-dir", str(tmp_path / "run"), "--sweep", f"{field}={values}"])
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_before_its_first_update_leaves_no_directory(tmp_path, monkeypatch):
+    """A failure between writing the run directories and the first update (here: in compiling) removes them."""
+    pqn = import_module("algorithms.pqn")
+    real = runlog.run_program
+
+    def failing_compile(*args, before_compile, **kwargs):
+        def write_then_fail():
+            before_compile()
+            assert (tmp_path / "run" / "lr=0.001" / "config.json").exists()
+            raise RuntimeError("XLA ran out of memory while compiling")
+
+        return real(*args, before_compile=write_then_fail, **kwargs)
+
+    monkeypatch.setattr(runlog, "run_program", failing_compile)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pqn.main([*TINY["pqn"], "--quiet", "--run-dir", str(tmp_path / "run"), "--sweep", "lr=1e-3,1e-2"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_stops_at_once_with_the_state_saved_and_prints_the_resume_command(tmp_path, monkeypatch):
+    """SIGINT during a long run: the process exits (130) with the last finished chunk's state in resume.npz and
+    the exact command to continue, which then continues it."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "algorithms/pqn.py", "--total-timesteps", "20000000", "--num-checkpoints", "2000",
+               "--num-evals", "1", "--run-dir", str(run_dir)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (run_dir / "resume.npz").exists() and process.poll() is None:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    with np.load(run_dir / "resume.npz") as saved:
+        done = int(saved["updates_done"])
+    total = 20_000_000 // (32 * 64)  # the cartpole preset's updates: 32 envs x 64 steps each
+    length = total // runlog.num_chunks(total, 2000)
+    assert 0 < done < total  # stopped long before the end, after a saved chunk
+    assert f"the state after {done:,} of {total:,} updates is in" in stderr
+    assert f"continue with: python algorithms/pqn.py --resume {run_dir}" in stderr
+    with monkeypatch.context() as patch:  # what the printed command runs continues it: one more chunk, then a cut
+        patch.setattr(runlog, "run_program", functools.partial(runlog.run_program,
+                                                               stop_after_chunks=done // length + 1))
+        with pytest.raises(runlog.RunInterrupted):
+            import_module("algorithms.pqn").main(["--resume", str(run_dir), "--quiet"])
+    with np.load(run_dir / "resume.npz") as saved:
+        assert int(saved["updates_done"]) == done + length
