@@ -88,7 +88,7 @@ class Config:
     """stream-x hyperparameters. Every field is a command-line flag (`--td-lambda 0.9`)."""
 
     preset: Literal["cartpole-q", "minatar-q", "cartpole-ac", "pendulum-ac", "brax-hopper-ac",
-                    "brax-halfcheetah-ac", "dmc-cheetah-ac", "td"] = "cartpole-q"
+                    "brax-halfcheetah-ac", "brax-walker2d-ac", "dmc-cheetah-ac", "td"] = "cartpole-q"
     """Named settings; other flags override them."""
     learner: Literal["q", "ac", "td"] = "q"
     """q: stream Q(λ) (discrete actions); ac: stream AC(λ) (discrete or continuous); td: stream TD(λ)."""
@@ -191,6 +191,8 @@ PRESETS = {
                              total_timesteps=2_000_000, hidden_size=128),
     "brax-halfcheetah-ac": Config(preset="brax-halfcheetah-ac", learner="ac", env_id="brax/halfcheetah",
                                   total_timesteps=2_000_000, hidden_size=128),
+    "brax-walker2d-ac": Config(preset="brax-walker2d-ac", learner="ac", env_id="brax/walker2d",
+                               total_timesteps=2_000_000, hidden_size=128),
     "dmc-cheetah-ac": Config(preset="dmc-cheetah-ac", learner="ac", env_id="dmc/CheetahRun",
                              total_timesteps=2_000_000, hidden_size=128),
     "td": Config(preset="td", learner="td", env_id="RandomWalk-v0", total_timesteps=50_000,

@@ -54,8 +54,12 @@ def stratified_bootstrap_ci(scores: np.ndarray, reps: int = 2000, confidence: fl
 
 
 def read_metrics(run_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(env_steps [rows], values [seeds, rows]) from a run's metrics_seed<i>.csv files."""
+    """(env_steps [rows], values [seeds, rows]) from a run's metrics_seed<i>.csv files, or, where only the
+    figure's data was kept (results/paper/), from its curve_<key>.csv (`write_curve`)."""
     paths = sorted(Path(run_dir).glob("metrics_seed*.csv"), key=lambda p: int(p.stem.removeprefix("metrics_seed")))
+    if not paths and (Path(run_dir) / f"curve_{key}.csv").exists():
+        table = np.genfromtxt(Path(run_dir) / f"curve_{key}.csv", delimiter=",", skip_header=1, ndmin=2)
+        return table[:, 0], table[:, 1:].T
     steps, values = None, []
     for path in paths:
         with open(path) as f:
@@ -76,6 +80,16 @@ def binned_curve(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.
             xs.append(steps[chunk[-1]])
             ys.append(np.nanmean(np.where(np.isfinite(block), block, np.nan), axis=1))
     return np.array(xs), np.array(ys).T.reshape(values.shape[0], len(xs))
+
+
+def write_curve(run_dir: Path, key: str) -> Path:
+    """The curve a figure draws of a run, binned as plotted (env_steps, then one column per seed), as
+    run_dir/curve_<key>.csv: a few KB that redraw the figure without the run's full metrics."""
+    steps, values = binned_curve(*read_metrics(run_dir, key))
+    path = Path(run_dir) / f"curve_{key}.csv"
+    header = ",".join(["env_steps", *[f"seed{i}" for i in range(values.shape[0])]])
+    np.savetxt(path, np.column_stack([steps, values.T]), delimiter=",", header=header, comments="", fmt="%.9g")
+    return path
 
 
 def read_summary(run_dir: Path) -> dict:

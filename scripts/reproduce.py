@@ -7,10 +7,15 @@
 A figure is a list of runs, each one call of an algorithm file (`python algorithms/<name>.py ...`, in a
 subprocess, so one crash or one process's memory does not take the others with it) with all seeds vmapped
 into one program. `--scale cpu` is the paper's setting shortened to finish in under ~30 minutes on a
-2-core CPU (the figure says so); `--scale full` is the paper's budget, for a GPU. Output:
+2-core CPU (the figure says so); `--scale full` is the paper's budget, for a GPU; `--scale paper` is the
+paper's budget with the seeds that fit a CPU (stream AC on brax: 4; PQN and stream Q on MinAtar: 2; the
+others as full). Output:
 
     DIR/<figure>/<scale>/<run>/          the algorithm's run directory (config.json, metrics_seed<i>.csv, summary.json)
     DIR/<figure>/<scale>/<figure>.png    the figure (scripts/plot.py), labelled with algorithm, env, seeds, steps, scale
+    DIR/<figure>/<scale>/<run>/curve_<key>.csv   what the figure draws of a run (a few KB): with the run's
+                                         summary.json and config.json it redraws the figure without the run's
+                                         other files (results/paper/ keeps only these)
 
 Runs resume: a run whose summary.json already holds at least the requested number of seeds is not rerun,
 so rerunning a figure only trains what is missing (or only replots). Registering a figure is one
@@ -33,7 +38,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-SCALES = ("tiny", "cpu", "full")  # tiny: a few hundred steps, for the tests (hidden from --help)
+SCALES = ("tiny", "cpu", "paper", "full")  # tiny: a few hundred steps, for the tests (hidden from --help)
 MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 
 
@@ -64,9 +69,15 @@ class Figure:
     reference: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)  # env -> (value, source),
     # a dashed line on that env's panel (numbers from the papers / reference implementations)
 
+    def __post_init__(self):  # `paper` is the full scale's budget: its seeds and labels unless given
+        for table in (self.seeds, self.steps, self.note):
+            if "full" in table:
+                table.setdefault("paper", table["full"])
+
 
 def _pick(scale: str, tiny, cpu, full):
-    return {"tiny": tiny, "cpu": cpu, "full": full}[scale]
+    """The value for a scale; `paper` runs the full scale's runs (the paper's budget) with fewer seeds."""
+    return {"tiny": tiny, "cpu": cpu, "paper": full, "full": full}[scale]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -117,7 +128,7 @@ def pqn_normalization(scale: str) -> list[Run]:
 
 
 def sac_brax(scale: str) -> list[Run]:
-    if scale == "full":
+    if scale in ("paper", "full"):
         return [Run(env, "sac", ("--preset", f"brax-{env}"), f"brax/{env}", "SAC")
                 for env in ("hopper", "walker2d", "halfcheetah")]
     # CPU: the brax task SAC learns within minutes on 2 cores; locomotion needs millions of updates
@@ -128,7 +139,7 @@ def sac_brax(scale: str) -> list[Run]:
 
 
 def stream_ac_brax(scale: str) -> list[Run]:
-    envs_ = _pick(scale, ("hopper",), ("hopper",), ("hopper", "halfcheetah"))
+    envs_ = _pick(scale, ("hopper",), ("hopper",), ("hopper", "walker2d", "halfcheetah"))
     steps = _pick(scale, 500, 100_000, 2_000_000)
     rows = ("--num-log-rows", "10") if scale == "tiny" else ()
     return [Run(env, "stream_x", ("--preset", f"brax-{env}-ac", "--total-timesteps", str(steps), *rows),
@@ -155,7 +166,7 @@ def sqirl_horizon(scale: str) -> list[Run]:
 
 
 def qarl_robustness(scale: str) -> list[Run]:
-    if scale == "full":
+    if scale in ("paper", "full"):
         base = ("--preset", "brax-hopper")
         variants = (("self-paced", ()), ("linear", ("--curriculum", "linear")), ("none", ("--curriculum", "none")),
                     ("sac", ("--adversary", "off")))
@@ -165,7 +176,7 @@ def qarl_robustness(scale: str) -> list[Run]:
         if scale == "tiny":
             base += ("--learning-starts", "200", "--grid-points", "3", "--grid-episodes", "1", "--num-evals", "1")
         variants = (("self-paced", ()), ("sac", ("--adversary", "off")))
-    env = "brax/hopper" if scale == "full" else "Pendulum-v1"
+    env = "brax/hopper" if scale in ("paper", "full") else "Pendulum-v1"
     labels = {"self-paced": "QARL (self-paced)", "linear": "QARL (linear)", "none": "RARL-style (α=0)",
               "sac": "SAC (no adversary)"}
     return [Run(name, "qarl", (*base, *extra), env, labels[name]) for name, extra in variants]
@@ -196,7 +207,7 @@ def qarl_dmc(scale: str) -> list[Run]:
 
 def iwocs_worst_case(scale: str) -> list[Run]:
     """One IWOCS run evaluates itself, its DR fallback and DR / nominal SAC baselines on the same grid."""
-    if scale == "full":
+    if scale in ("paper", "full"):
         return [Run("hopper", "iwocs", ("--preset", "brax-hopper-2d"), "brax/hopper", "IWOCS")]
     args = ("--preset", "pendulum")
     if scale == "tiny":
@@ -214,7 +225,8 @@ REGISTRY: dict[str, Figure] = {f.name: f for f in [
            curve_key="eval_return", note={"cpu": "the paper's full budget, which fits a CPU"},
            reference={"CartPole-v1": (500.0, "authors: 500 (4/4 seeds)")}),
     Figure("pqn-minatar", "pqn", "PQN on MinAtar", "curves", pqn_minatar,
-           seeds={"tiny": 2, "cpu": 2, "full": 8}, steps={"tiny": "8k steps", "cpu": "1M steps", "full": "10M steps"},
+           seeds={"tiny": 2, "cpu": 2, "paper": 2, "full": 8},
+           steps={"tiny": "8k steps", "cpu": "1M steps", "full": "10M steps"},
            curve_key="eval_return", note={"cpu": "1M of the paper's 10M steps, 32 of its 128 greedy test envs"}),
     Figure("pqn-normalization", "pqn", "PQN: LayerNorm vs BatchNorm vs no normalization", "curves", pqn_normalization,
            seeds={"tiny": 2, "cpu": 4, "full": 16},
@@ -232,12 +244,12 @@ REGISTRY: dict[str, Figure] = {f.name: f for f in [
            reference={"brax/inverted_pendulum": (1000.0, "brax SAC: 1000 by ~30k steps"),
                       "brax/hopper": (2310.0, "CleanRL SAC, MuJoCo Hopper: 2310")}),
     Figure("stream-ac-brax", "stream_x", "stream AC(λ) on brax", "curves", stream_ac_brax,
-           seeds={"tiny": 2, "cpu": 2, "full": 8},
+           seeds={"tiny": 2, "cpu": 2, "paper": 4, "full": 8},
            steps={"tiny": "500 steps", "cpu": "100k steps", "full": "2M steps"},
            note={"cpu": "hopper only, 100k of the paper's 2M steps"},
            reference={"brax/hopper": (2173.0, "paper, MuJoCo Hopper at 2M: 2173")}),
     Figure("stream-q-minatar", "stream_x", "stream Q(λ) on MinAtar", "curves", stream_q_minatar,
-           seeds={"tiny": 2, "cpu": 2, "full": 8},
+           seeds={"tiny": 2, "cpu": 2, "paper": 2, "full": 8},
            steps={"tiny": "500 steps", "cpu": "200k steps", "full": "5M steps"},
            note={"cpu": "200k of the authors' 5M steps"}),
     Figure("sqirl-horizon", "sqirl", "SQIRL: k heads vs the lock's effective horizon n", "horizon-heatmap",
@@ -323,6 +335,10 @@ def reproduce(name: str, scale: str = "cpu", seeds: int | None = None, out: str 
     runs = train(figure, scale, seeds, out_dir, log)
     import plot
 
+    if figure.kind == "curves":  # what the figure draws of each run, small enough to keep (results/paper/)
+        for _, run_dir in runs:
+            if any(run_dir.glob("metrics_seed*.csv")):
+                plot.write_curve(run_dir, figure.curve_key)
     path = plot.plot_figure(figure, scale, seeds, runs, out_dir / f"{name}.png")
     log(f"[{name}] figure: {path} ({time.time() - start:.0f} s)")
     return path
@@ -333,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("figure", nargs="?", help=f"one of: {', '.join(REGISTRY)}")
     parser.add_argument("--scale", choices=SCALES, default="cpu",
-                        help="cpu: shortened for a 2-core CPU (< ~30 min); full: the paper's budget (GPU)")
+                        help="cpu: shortened for a 2-core CPU (< ~30 min); paper: the paper's budget with the "
+                             "seeds that fit a CPU (hours); full: the paper's budget and seeds (GPU)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the figure's, per scale)")
     parser.add_argument("--out", default="results", help="output directory (default results/)")
     parser.add_argument("--list", action="store_true", help="list the figures and their runs at --scale")

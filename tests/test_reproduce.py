@@ -3,6 +3,7 @@ bootstrap. Tiny runs are subprocesses of a few hundred steps; of the brax entrie
 compiles for 30-90 s on a 2-core CPU, marked slow), stream-ac-brax is checked through its resolved commands."""
 
 import importlib
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -70,7 +71,9 @@ def test_every_command_parses_at_every_scale(scale):
 
 def test_stream_ac_brax_resolved_commands():
     runs = reproduce.REGISTRY["stream-ac-brax"].runs("full")
-    assert [run.env for run in runs] == ["brax/hopper", "brax/halfcheetah"]
+    assert [run.env for run in runs] == ["brax/hopper", "brax/walker2d", "brax/halfcheetah"]
+    assert reproduce.REGISTRY["stream-ac-brax"].runs("paper") == runs  # the paper's budget, fewer seeds
+    assert reproduce.REGISTRY["stream-ac-brax"].seeds["paper"] == 4
     cmd = reproduce.command(runs[0], 8, Path("out"))
     assert cmd[2:4] == ["--preset", "brax-hopper-ac"] and "2000000" in cmd
     assert reproduce.REGISTRY["stream-ac-brax"].runs("cpu")[0].args[-1] == "100000"
@@ -148,3 +151,22 @@ def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
         assert configs[0].total_timesteps == (12 if scale == "cpu" else 200) * 5 * 500
         assert configs[0].phase_steps == 500 and configs[0].grid_set == "dmc-cartpole-balance-qarl"
         assert callable(qarl.make_train(configs[0]))
+
+
+def test_a_figure_redraws_from_its_kept_curve_files_alone(cartpole_out, tmp_path):
+    """results/paper/ keeps of each run only summary.json, config.json and curve_<key>.csv: the curve file holds
+    exactly the series the figure draws from the run's metrics, and the figure redraws from those files alone
+    (nothing is trained again)."""
+    out, _ = cartpole_out
+    run_dir = out / "pqn-cartpole" / "tiny" / "pqn"
+    steps, values = plot.binned_curve(*plot.read_metrics(run_dir, "eval_return"))
+    kept = tmp_path / "pqn-cartpole" / "tiny" / "pqn"
+    kept.mkdir(parents=True)
+    for name in ("summary.json", "config.json", "curve_eval_return.csv"):
+        shutil.copy(run_dir / name, kept / name)
+    kept_steps, kept_values = plot.read_metrics(kept, "eval_return")
+    np.testing.assert_allclose(kept_steps, steps, rtol=1e-8)
+    np.testing.assert_allclose(kept_values, values, rtol=1e-7)
+    path = reproduce.reproduce("pqn-cartpole", "tiny", out=tmp_path, log=lambda _: None)
+    assert path.exists() and sorted(p.name for p in kept.iterdir()) == ["config.json", "curve_eval_return.csv",
+                                                                         "summary.json"]

@@ -3,6 +3,7 @@ parameter-free LayerNorm, TD errors at termination/truncation (and a timeout thr
 update with and without the time feature), the ε schedule, trace cuts after exploration, the MinAtar
 preset's uncapped episodes, runs, errors, determinism, learning."""
 
+import dataclasses
 import json
 import math
 
@@ -259,8 +260,9 @@ def test_time_feature_counts_to_the_horizon_of_a_horizon_id():
 # Runs, outputs, errors (resume and sweeps: tests/test_resume_sweep.py)
 
 
-# dmc-cheetah-ac trains in tests/test_dmc.py (on a cheaper DMC task; its CheetahRun env is tested there too).
-@pytest.mark.parametrize("preset", [p for p in stream_x.PRESETS if p != "dmc-cheetah-ac"])
+# dmc-cheetah-ac trains in tests/test_dmc.py (on a cheaper DMC task; its CheetahRun env is tested there too);
+# brax-walker2d-ac is brax-hopper-ac on another brax id (checked below, without another brax compile).
+@pytest.mark.parametrize("preset", [p for p in stream_x.PRESETS if p not in ("dmc-cheetah-ac", "brax-walker2d-ac")])
 def test_every_preset_runs(preset, tmp_path):
     returned = stream_x.main(["--preset", preset, *TINY, "--run-dir", str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -269,6 +271,13 @@ def test_every_preset_runs(preset, tmp_path):
         assert (tmp_path / name).exists(), name
     if preset == "td":
         assert len(summary["final_rms_error"]) == 1 and np.isfinite(summary["final_rms_error"][0])
+
+
+def test_walker2d_preset_is_the_hopper_preset_on_walker2d():
+    walker, hopper = (runlog.parse_config(stream_x.Config, stream_x.PRESETS, ["--preset", name])
+                      for name in ("brax-walker2d-ac", "brax-hopper-ac"))
+    assert dataclasses.replace(walker, preset=hopper.preset, env_id=hopper.env_id) == hopper
+    assert walker.env_id == "brax/walker2d" and stream_x.make_env(walker)[2] == stream_x.ActionSpec(False, 6)
 
 
 def test_determinism_and_seed_independence():
