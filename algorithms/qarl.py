@@ -48,7 +48,8 @@ stochastic), `num_eval_envs` episodes each at the curriculum's mean temperature,
 eval_return_deterministic (ours: the deterministic protagonist, feature 0, no adversary). After training,
 as the authors evaluate (feature 0, stochastic policies, `final_eval_episodes` episodes): final_return
 (no adversary), return_vs_adversary (against the trained adversary), final_return_deterministic (ours), and
-the robustness grid without adversary, 1 episode per model (`grid_episodes`): each axis of `grid_set` alone
+the robustness grid without adversary, 1 episode per model (`grid_episodes`), its episodes (and the final
+evaluation's) drawn from --seed alike for every seed (runlog.final_eval_key): each axis of `grid_set` alone
 (`grid_points` values, the other axes at their nominal values) and all axes jointly: grid.csv, grid.png
 (joint grid), summary.json's grid_worst / grid_average (joint grid) and grid_axis_returns.
 
@@ -911,7 +912,7 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
 
     final = make_final_evaluation(config)
     return runlog.Policy(env, env_params, act=act, final_return=lambda: final(
-        protagonist, adversary, jax.random.PRNGKey(seed_index))["final_return"])
+        protagonist, adversary, runlog.final_eval_key(config.seed))["final_return"])
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
@@ -929,9 +930,10 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         # FINAL EVALUATION AND ROBUSTNESS GRID: every seed's protagonist, feature 0, stochastic
         seed_players = [(jax.tree.map(lambda x: x[seed], run.state.protagonist.actor),
                          jax.tree.map(lambda x: x[seed], run.state.adversary.actor)) for seed in range(config.num_seeds)]
-        finals = [jax.tree.map(float, final_evaluation(pro, adv, jax.random.PRNGKey(seed)))
-                  for seed, (pro, adv) in enumerate(seed_players)]
-        grids = [grid_evaluation(pro, jax.random.PRNGKey(seed)) for seed, (pro, _) in enumerate(seed_players)]
+        # The episodes come from --seed (runlog.final_eval_key), the same for every seed of the run, as in PQN and SAC
+        eval_key = runlog.final_eval_key(config.seed)
+        finals = [jax.tree.map(float, final_evaluation(pro, adv, eval_key)) for pro, adv in seed_players]
+        grids = [grid_evaluation(pro, eval_key) for pro, _ in seed_players]
         grid_returns = np.stack([np.asarray(g.returns) for g in grids])
         swept = f", {run.directory.name}" if sizes.sweep_name else ""
         runlog.write_grid(run.directory, uset, np.asarray(grids[0].values), grid_returns,
