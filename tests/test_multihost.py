@@ -40,7 +40,9 @@ print("RESULT" + json.dumps({"process_count": jax.process_count(), "process_inde
                              "devices": len(jax.devices()), "local_devices": len(jax.local_devices())}))
 """
 RUNS = {"pqn": TINY["pqn"], "stream_x": TINY["stream_x"]}
-TIMEOUT_S = 240  # a hung collective (a host died) ends here, not at JAX's 100 s heartbeat + 300 s shutdown
+# Only a guard against a hang (a host died mid-collective), never a speed limit: ten times the slowest time seen
+# (128 s in CI, three processes on 2 cores), so a slower machine still passes.
+TIMEOUT_S = 1200
 
 
 def free_port() -> int:

@@ -153,7 +153,7 @@ def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
         assert callable(qarl.make_train(configs[0]))
 
 
-def test_a_figure_redraws_from_its_kept_curve_files_alone(cartpole_out, tmp_path):
+def test_a_figure_redraws_from_its_kept_curve_files_alone(cartpole_out, tmp_path, monkeypatch):
     """results/paper/ keeps of each run only summary.json, config.json and curve_<key>.csv: the curve file holds
     exactly the series the figure draws from the run's metrics, and the figure redraws from those files alone
     (nothing is trained again)."""
@@ -167,6 +167,17 @@ def test_a_figure_redraws_from_its_kept_curve_files_alone(cartpole_out, tmp_path
     kept_steps, kept_values = plot.read_metrics(kept, "eval_return")
     np.testing.assert_allclose(kept_steps, steps, rtol=1e-8)
     np.testing.assert_allclose(kept_values, values, rtol=1e-7)
+    drawn = []  # what the figure's panel is given to draw: the run's series, unchanged
+    real_panel = plot.curve_panel
+
+    def recording_panel(ax, x, y, *args, **kwargs):
+        drawn.append((x, y))
+        return real_panel(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plot, "curve_panel", recording_panel)
     path = reproduce.reproduce("pqn-cartpole", "tiny", out=tmp_path, log=lambda _: None)
+    assert len(drawn) == 1
+    np.testing.assert_allclose(drawn[0][0], steps, rtol=1e-8)
+    np.testing.assert_allclose(drawn[0][1], values, rtol=1e-7)
     assert path.exists() and sorted(p.name for p in kept.iterdir()) == ["config.json", "curve_eval_return.csv",
                                                                          "summary.json"]

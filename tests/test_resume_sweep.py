@@ -352,3 +352,33 @@ def test_ctrl_c_stops_at_once_with_the_state_saved_and_prints_the_resume_command
             import_module("algorithms.pqn").main(["--resume", str(run_dir), "--quiet"])
     with np.load(run_dir / "resume.npz") as saved:
         assert int(saved["updates_done"]) == done + length
+
+
+def test_resume_continues_from_the_saved_state_not_from_the_start(tmp_path, monkeypatch):
+    """Sentinels written into resume.npz come out of the resumed run: the saved metrics rows (td_loss set to
+    -12345) are the output's first rows, and zeroed saved network weights change the final weights. A --resume
+    that ignored the file and trained from the start would give the uninterrupted run's numbers instead (which
+    `test_resume_ends_where_an_uninterrupted_run_ends` shows it matches when the file is left as saved)."""
+    pqn = import_module("algorithms.pqn")
+    flags = [*TINY["pqn"], "--num-checkpoints", "2", "--quiet"]
+    pqn.main([*flags, "--run-dir", str(tmp_path / "whole")])
+    cut_run(pqn, flags, tmp_path / "cut", monkeypatch)
+    path = tmp_path / "cut" / "resume.npz"
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    metric_names, carry_names = list(arrays["metric_names"]), list(arrays["carry_names"])
+    td_loss = "metric_%d" % metric_names.index("['td_loss']")
+    saved_rows = arrays[td_loss].shape[-1]
+    arrays[td_loss] = np.full_like(arrays[td_loss], -12345.0)
+    weights = [i for i, name in enumerate(carry_names) if "kernel" in name]
+    assert weights
+    for i in weights:
+        arrays[f"carry_{i}"] = np.zeros_like(arrays[f"carry_{i}"])
+    np.savez(path, **arrays)
+    pqn.main(["--resume", str(tmp_path / "cut"), "--quiet"])
+    resumed = read_metrics(tmp_path / "cut", 1)[0]["td_loss"]
+    assert 0 < saved_rows < len(resumed)
+    np.testing.assert_array_equal(resumed[:saved_rows], -12345.0)
+    assert np.all(resumed[saved_rows:] != -12345.0)
+    whole, cut = leaves(tmp_path / "whole" / "checkpoint.msgpack"), leaves(tmp_path / "cut" / "checkpoint.msgpack")
+    assert any(not np.array_equal(a, b) for a, b in zip(whole, cut, strict=True))

@@ -128,7 +128,8 @@ def test_ant_3d_third_axis_is_m2td3_body_mass_4():
     parent = sys.mj_model.body_parentid[mj_body]
     assert sys.link_names[parent - 1] == "aux_1" and sys.link_names[sys.mj_model.body_parentid[parent] - 1] == "torso"
     np.testing.assert_allclose(np.asarray(sys.link.inertia.mass)[link], 0.067592, rtol=1e-5)
-    gymnasium = pytest.importorskip("gymnasium")
+    import gymnasium  # requirements.txt: its MuJoCo assets are M2TD3's models
+
     gym_ant = mujoco.MjModel.from_xml_path(str(Path(gymnasium.__file__).parent / "envs/mujoco/assets/ant.xml"))
     gym_parent = gym_ant.body_parentid[4]
     assert mujoco.mj_id2name(gym_ant, mujoco.mjtObj.mjOBJ_BODY, gym_parent) == "aux_1"
