@@ -382,3 +382,23 @@ def test_resume_continues_from_the_saved_state_not_from_the_start(tmp_path, monk
     assert np.all(resumed[saved_rows:] != -12345.0)
     whole, cut = leaves(tmp_path / "whole" / "checkpoint.msgpack"), leaves(tmp_path / "cut" / "checkpoint.msgpack")
     assert any(not np.array_equal(a, b) for a, b in zip(whole, cut, strict=True))
+
+
+def test_each_swept_directory_holds_the_run_of_its_own_value(tmp_path):
+    """Through main: each value's directory of `--sweep lr=1e-4,3e-2` starts as a plain `--lr` run with that value
+    (its logged learning rate and first update's TD loss), and not as the other value's. The first update only:
+    a sweep (traced lr) and a plain run (constant lr) are different float32 programs, equal up to rounding
+    (relative ~1e-6 after one update; rtol 1e-4), and learning would grow the difference."""
+    pqn = import_module("algorithms.pqn")
+    flags = [*TINY["pqn"], "--quiet"]
+    pqn.main([*flags, "--run-dir", str(tmp_path / "sweep"), "--sweep", "lr=1e-4,3e-2"])
+    first = {}
+    for value in ("0.0001", "0.03"):
+        pqn.main([*flags, "--run-dir", str(tmp_path / value), "--lr", value])
+        plain = read_metrics(tmp_path / value, 1)[0]
+        swept = read_metrics(tmp_path / "sweep" / f"lr={value}", 1)[0]
+        assert json.loads((tmp_path / "sweep" / f"lr={value}" / "config.json").read_text())["lr"] == float(value)
+        for column in ("learning_rate", "td_loss", "q_mean"):
+            np.testing.assert_allclose(swept[column][0], plain[column][0], rtol=1e-4, err_msg=f"lr={value}: {column}")
+        first[value] = plain["td_loss"][0]
+    assert abs(first["0.0001"] - first["0.03"]) > 1e-2 * abs(first["0.03"])  # the two values' runs differ
