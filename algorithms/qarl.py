@@ -66,8 +66,8 @@ Where this file differs from the authors' code (github AryamanReddi99/quantal-ad
 - the self-paced return constraint uses self-normalized importance weights; theirs the plain mean of
   w_i R_i. With negative returns (Pendulum) plain weights make far-away distributions look feasible (the
   weighted mean tends to 0 >= bound); on their [0, 1]-reward tasks the two agree near the current k. The
-  update is solved on a grid of 512 shapes, not by scipy's trust-constr, and without their stop at
-  KL(current || target) < 0.01 (a grid step there is far smaller than any trust-region step);
+  update is solved on a grid of 512 shapes, not by scipy's trust-constr (their teacher's threshold
+  KL(current || target) < 0.01 only drops its bound on the concentration; the grid has no such bound);
 - network biases start at 0 (flax), theirs at torch's uniform default; weights are Xavier-uniform like theirs;
 - the envs of a phase run in parallel, so the update cadence counts the phase's transitions of all envs
   (one update per 3), where theirs counts the steps of one env at a time; the phase's 5 episodes are the

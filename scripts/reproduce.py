@@ -177,7 +177,7 @@ def qarl_robustness(scale: str) -> list[Run]:
             base += ("--learning-starts", "200", "--grid-points", "3", "--grid-episodes", "1", "--num-evals", "1")
         variants = (("self-paced", ()), ("sac", ("--adversary", "off")))
     env = "brax/hopper" if scale in ("paper", "full") else "Pendulum-v1"
-    labels = {"self-paced": "QARL (self-paced)", "linear": "QARL (linear)", "none": "RARL-style (α=0)",
+    labels = {"self-paced": "QARL (self-paced)", "linear": "QARL (linear)", "none": "α_adv = 0",
               "sac": "SAC (no adversary)"}
     return [Run(name, "qarl", (*base, *extra), env, labels[name]) for name, extra in variants]
 
