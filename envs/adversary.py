@@ -28,7 +28,7 @@ from gymnax.environments.classic_control.pendulum import Pendulum
 from envs.robust import _BRAX_LINK_ALIASES, base_env
 from envs.wrappers import Wrapper
 
-# QARL (reference sheet): bodies pushed, max force per component.
+# QARL (the authors' code): bodies pushed, max force per component.
 DEFAULT_ADVERSARY = {
     "Pendulum-v1": (("pole",), 1.0),
     "CartPole-v1": (("pole",), 2.0),

@@ -282,7 +282,7 @@ class UncertaintySet:
         return with_dynamics(base, params, {name: values[i] for i, name in enumerate(self.names)})
 
 
-# (name, low, high) per axis. IWOCS/M2TD3 ranges (reference sheet) for the brax sets; their nominal
+# (name, low, high) per axis. IWOCS/M2TD3 ranges (their papers and M2TD3's code) for the brax sets; their nominal
 # values are brax's own models, which differ a little from gym's MuJoCo files (hopper torso 3.67 vs 3.53,
 # ant torso 0.48 vs 0.33: brax fuses the jointless hip capsules into it). 1-D sets are the first axis
 # of the 2-D set, as in M2TD3. The `-qarl` sets are QARL's evaluation grids (torso mass x friction).

@@ -73,3 +73,19 @@ def test_every_readme_command_parses():
             assert (ROOT / words[1]).exists(), words
             checked += 1
     assert checked >= 8
+
+
+# Words of how the project is developed, which a reader of the project cannot follow: the project speaks of itself.
+PROCESS_WORDS = re.compile(r"\.\./shared|the issue|issue \d+|issue's|this session|the reference sheet|"
+                           r"\blent\b|no gpu has been", flags=re.I)
+SOURCES = [*PAGES, ROOT / "runlog.py", *sorted((ROOT / "algorithms").glob("*.py")),
+           *sorted((ROOT / "envs").glob("*.py")), *sorted((ROOT / "scripts").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_project_speaks_of_itself_only(path):
+    """No path outside the repository (../shared) and no words of the development process ("the issue",
+    "this session", "the reference sheet", "lent") in the README, docs/ and the code a user reads."""
+    found = [f"{path.name}:{n}: {line.strip()}" for n, line in enumerate(path.read_text().splitlines(), 1)
+             if PROCESS_WORDS.search(line)]
+    assert not found, "\n".join(found)
