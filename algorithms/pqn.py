@@ -197,6 +197,10 @@ class Sizes(NamedTuple):
 
 def derive_sizes(config: Config) -> Sizes:
     """Check the config and derive the loop sizes; raise before anything is compiled."""
+    for name in ("num_seeds", "num_envs", "num_steps", "num_minibatches", "num_epochs", "num_eval_envs",
+                 "num_evals"):  # first: the sizes below divide by them
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
     batch_size = config.num_envs * config.num_steps
     if batch_size % config.num_minibatches:
         raise ValueError(
@@ -208,10 +212,6 @@ def derive_sizes(config: Config) -> Sizes:
         raise ValueError(
             f"total_timesteps ({config.total_timesteps}) must be at least num_envs * num_steps ({batch_size})."
         )
-    for name in ("num_seeds", "num_envs", "num_steps", "num_minibatches", "num_epochs", "num_eval_envs",
-                 "num_evals"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
     for name in ("gamma", "td_lambda", "eps_start", "eps_finish", "eps_decay", "sticky_action_prob"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")

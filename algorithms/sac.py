@@ -250,6 +250,14 @@ def derive_sizes(config: Config) -> Sizes:
     iterations = config.total_timesteps // config.num_envs
     if iterations < 1:
         raise ValueError(f"total_timesteps ({config.total_timesteps}) must be at least num_envs ({config.num_envs}).")
+    if config.learning_starts // config.num_envs >= iterations:
+        raise ValueError(f"learning_starts ({config.learning_starts}) leaves no step of the {config.total_timesteps} "
+                         f"(--total-timesteps) for learning, so the run would make no update: lower --learning-starts "
+                         f"or raise --total-timesteps.")
+    if config.buffer_size < max(config.batch_size, config.num_envs):
+        raise ValueError(f"buffer_size ({config.buffer_size}) must hold at least one batch (--batch-size "
+                         f"{config.batch_size}) and one step of every env (--num-envs {config.num_envs}): raise "
+                         f"--buffer-size.")
     iterations_per_row = max(iterations // 200, 1)
     num_rows = iterations // iterations_per_row
     sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)

@@ -62,8 +62,13 @@ CASES = [
     # sizes that do not fit together
     case("pqn", "sizes", ["--num-minibatches", "7"], r"divisible by num_minibatches \(7\): change --num-minibatches"),
     case("pqn", "sizes", ["--total-timesteps", "100"], r"total_timesteps \(100\) must be at least num_envs \*"),
+    case("pqn", "sizes", ["--num-minibatches", "0"], r"num_minibatches must be at least 1"),
+    case("pqn", "sizes", ["--num-envs", "0"], r"num_envs must be at least 1"),
     case("sac", "sizes", ["--updates-per-env-step", "0.3"], r"whole number .*: change --updates-per-env-step"),
     case("sac", "sizes", ["--total-timesteps", "2", "--num-envs", "4"], r"\(2\) must be at least num_envs \(4\)"),
+    case("sac", "sizes", ["--total-timesteps", "1000", "--learning-starts", "1000"],
+         r"no update: lower --learning-starts or raise --total-timesteps"),
+    case("sac", "sizes", ["--buffer-size", "8", "--batch-size", "32"], r"buffer_size \(8\) .*raise --buffer-size"),
     case("stream_x", "sizes", ["--total-timesteps", "0"], r"total_timesteps must be at least 1"),
     case("sqirl", "sizes", ["--total-timesteps", "0"], r"pass --total-timesteps 1 or more"),
     case("sqirl", "sizes", ["--horizon", "0"], r"pass --horizon 1 or more"),
