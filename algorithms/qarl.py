@@ -60,8 +60,10 @@ Where this file differs from the authors' code (github AryamanReddi99/quantal-ad
   grid is pole mass x bob mass; Playground's pendulum has one body (pole and bob), so dmc-pendulum's grid is
   that body's mass over their bob axis, 0.5-1.5 (envs/robust.py). The default presets (gymnax Pendulum and
   CartPole) and the brax ones are stand-ins that are not in the paper;
-- the temperature feature is α_adv / E_0[α_adv] (unit scale), theirs the raw α_adv (~0.05): the networks
-  see the same information at the scale of the other inputs;
+- the temperature feature is α_adv / E_0[α_adv] (unit scale) by default, theirs the raw α_adv (0.001-0.05):
+  `--temperature-feature raw` is theirs;
+- the robustness grid draws one episode per model, as theirs; `--grid-common-random-numbers` gives every
+  model the same initial states and noise instead;
 - the self-paced return constraint uses self-normalized importance weights; theirs the plain mean of
   w_i R_i. With negative returns (Pendulum) plain weights make far-away distributions look feasible (the
   weighted mean tends to 0 >= bound); on their [0, 1]-reward tasks the two agree near the current k. The
@@ -175,6 +177,9 @@ class Config:
     """Initial k (mean α_adv = k / β = 0.05); the linear schedule starts at this mean too."""
     target_shape: float = 1.0
     """Target k (mean 0.001); the linear schedule ends at this mean."""
+    temperature_feature: Literal["scaled", "raw"] = "scaled"
+    """The α_adv the players see: scaled, α_adv / (initial_shape / temperature_rate) (about 1 at the start, like
+    the other inputs); raw, α_adv itself (0.001-0.05), as the authors' networks see it."""
     kl_bound: float = 0.5
     """Trust region of one self-paced update: KL(new || old) <= kl_bound."""
     return_bound: float = 10.0
@@ -187,6 +192,9 @@ class Config:
     """Values per axis, alone and jointly (the authors: 11, and 11 x 11)."""
     grid_episodes: int = 1
     """Episodes per model of the grid (the authors: 1)."""
+    grid_common_random_numbers: bool = False
+    """Every model of the grid gets the same initial states and policy noise (differences are the model's
+    alone); off, each model gets its own episode, as the authors draw one per cell."""
     num_eval_envs: int = 2
     """Episodes of each evaluation during training, run in parallel (the authors: 2)."""
     final_eval_episodes: int = 20
@@ -347,12 +355,16 @@ def uses_temperature(config: Config) -> bool:
     return config.adversary == "on" and config.curriculum != "rarl"
 
 
+def feature_scale(config: Config) -> float:
+    """The temperature feature is α_adv / feature_scale: E_0[α_adv] (scaled) or 1 (raw, the authors')."""
+    return config.initial_shape / config.temperature_rate if config.temperature_feature == "scaled" else 1.0
+
+
 def observe(config: Config, obs: jax.Array, temperature: jax.Array) -> jax.Array:
-    """The players' input: the observation, with α_adv / E_0[α_adv] appended when the players see it."""
+    """The players' input: the observation, with the temperature feature appended when the players see it."""
     if not uses_temperature(config):
         return obs
-    initial_mean = config.initial_shape / config.temperature_rate
-    return jnp.concatenate([obs, (temperature / initial_mean)[..., None]], axis=-1)
+    return jnp.concatenate([obs, (temperature / feature_scale(config))[..., None]], axis=-1)
 
 
 def to_env_action(config: Config, spec: EnvSpec, protagonist_action, adversary_action):
@@ -636,7 +648,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         if learned_alpha:
             alpha = jnp.exp(player.log_alpha)
         else:
-            alpha = batch.obs[:, -1] * initial_mean
+            alpha = batch.obs[:, -1] * feature_scale(config)
 
         # ACTOR UPDATE
         def actor_loss_fn(params):
@@ -658,7 +670,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         log_alpha, alpha_opt = keep(log_alpha, player.log_alpha), keep(alpha_opt, player.alpha_opt)
 
         # CRITIC UPDATE (with the updated actor and α)
-        next_alpha = jnp.exp(log_alpha) if learned_alpha else batch.next_obs[:, -1] * initial_mean
+        next_alpha = jnp.exp(log_alpha) if learned_alpha else batch.next_obs[:, -1] * feature_scale(config)
         next_action, next_log_prob = squashed_gaussian(*actor.apply(actor_params, batch.next_obs)).sample_and_log_prob(
             seed=key_next)
         next_q = critic.apply(player.target_critic, batch.next_obs, next_action).min(0)
@@ -883,7 +895,8 @@ def make_grid_evaluation(config: Config) -> tuple[envs.UncertaintySet, Callable]
 
     two_player = env._env  # AdversarialForces under EpisodeStatistics: zero force = the plain env
     evaluate_models = envs.make_model_evaluator(two_player, env_params, uset, policy, num_steps=config.phase_steps,
-                                                num_episodes=config.grid_episodes, policy_init=policy_init)
+                                                num_episodes=config.grid_episodes, policy_init=policy_init,
+                                                common_random_numbers=config.grid_common_random_numbers)
 
     def evaluate(actor_params, key):
         key_policy, key_env = jax.random.split(key)

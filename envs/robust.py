@@ -436,7 +436,8 @@ class GridEvaluation(NamedTuple):
 
 
 def make_model_evaluator(env, env_params, uncertainty_set: UncertaintySet, policy: Callable,
-                         num_steps: int = 1000, num_episodes: int = 1, policy_init: Callable | None = None):
+                         num_steps: int = 1000, num_episodes: int = 1, policy_init: Callable | None = None,
+                         common_random_numbers: bool = True):
     """A jitted `evaluate(policy_params, values, key) -> returns` for a batch of models `values`
     (shape (P, d), physical units) in one vmapped call; returns has shape (P,).
 
@@ -445,8 +446,10 @@ def make_model_evaluator(env, env_params, uncertainty_set: UncertaintySet, polic
     the last transition) passes `policy_init(policy_params, first_obs) -> carry` and is called as
     `policy(policy_params, obs, carry) -> (action, carry)`. Each return is the undiscounted sum of rewards of an episode of at
     most `num_steps` steps (the time limit is set to `num_steps`; an episode that terminates earlier
-    stops counting), averaged over `num_episodes` initial states. Every model sees the same initial
-    states (common random numbers), so differences between models are not reset noise.
+    stops counting), averaged over `num_episodes` initial states. With `common_random_numbers` every model
+    sees the same initial states and env noise, so differences between models are not reset noise;
+    without, each model draws its own episodes (a key folded with its index), as one independent episode
+    per cell of a grid is drawn in QARL's authors' evaluation.
     """
     if int(num_steps) < 1 or int(num_episodes) < 1:
         raise ValueError(f"num_steps and num_episodes must be at least 1, got {num_steps}, {num_episodes}.")
@@ -480,7 +483,10 @@ def make_model_evaluator(env, env_params, uncertainty_set: UncertaintySet, polic
 
     @jax.jit
     def evaluate(policy_params, values, key):
-        return jax.vmap(model_return, in_axes=(None, 0, None))(policy_params, values, key)
+        if common_random_numbers:
+            return jax.vmap(model_return, in_axes=(None, 0, None))(policy_params, values, key)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(values.shape[0]))
+        return jax.vmap(model_return, in_axes=(None, 0, 0))(policy_params, values, keys)
 
     def checked(policy_params, values, key):
         if _is_concrete(values):

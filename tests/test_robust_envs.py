@@ -467,3 +467,20 @@ def test_brax_grid_matches_single_evaluations_and_errors():
     positional, _ = envs.make("brax/inverted_pendulum", backend="positional")
     with pytest.raises(ValueError, match="generalized or mjx"):
         envs.AdversarialForces(positional, bodies=("cart",), max_force=1.0)
+
+
+def test_common_random_numbers_give_every_model_the_same_episodes_and_independent_ones_do_not():
+    """Pendulum's reset is random: with common random numbers two copies of one model return the same, with
+    independent episodes (QARL's default grid, as its authors draw one episode per cell) they do not."""
+    env, params = envs.make("Pendulum-v1")
+    uset = envs.uncertainty_set("pendulum-2d")
+    weights, key = jnp.array([-2.0, 0.5, -0.5]), jax.random.PRNGKey(3)
+    values = jnp.array([[1.0, 1.0], [1.0, 1.0], [1.5, 0.8]])
+    common = envs.make_model_evaluator(env, params, uset, linear_policy, num_steps=30)(weights, values, key)
+    independent = envs.make_model_evaluator(env, params, uset, linear_policy, num_steps=30,
+                                            common_random_numbers=False)(weights, values, key)
+    assert common[0] == common[1] and independent[0] != independent[1]
+    # each model's own episode is the one a single-model evaluation draws with its folded key
+    alone = envs.make_model_evaluator(env, params, uset, linear_policy, num_steps=30)(
+        weights, values[2:], jax.random.fold_in(key, 2))
+    np.testing.assert_allclose(independent[2], alone[0], rtol=1e-5)
