@@ -166,7 +166,7 @@ def figure_caption(figure, scale: str, seeds: int, envs: list[str]) -> str:
     designed = figure.seeds[scale]
     seed_text = f"{seeds} seeds" + (f" (fewer than the {designed} designed)" if seeds < designed else "")
     scale_text = {"cpu": "CPU scale (sized for a 2-core CPU)", "full": "full scale (paper's budget)",
-                  "tiny": "tiny scale (test only)"}[scale]
+                  "paper": "paper's budget (seeds that fit a CPU)", "tiny": "tiny scale (test only)"}[scale]
     note = figure.note.get(scale)
     return (f"{figure.title} [{figure.algorithm}.py] | {', '.join(dict.fromkeys(envs))}\n"
             f"{seed_text}, {figure.steps[scale]} per seed, {scale_text}" + (f"\n{note}" if note else ""))

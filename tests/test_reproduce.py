@@ -69,6 +69,13 @@ def test_every_command_parses_at_every_scale(scale):
             assert config.num_seeds == figure.seeds[scale]
 
 
+@pytest.mark.parametrize("scale", reproduce.SCALES)
+def test_every_figure_has_a_caption_at_every_scale(scale):
+    for figure in reproduce.REGISTRY.values():
+        caption = plot.figure_caption(figure, scale, figure.seeds[scale], [run.env for run in figure.runs(scale)])
+        assert figure.steps[scale] in caption and figure.title in caption
+
+
 def test_stream_ac_brax_resolved_commands():
     runs = reproduce.REGISTRY["stream-ac-brax"].runs("full")
     assert [run.env for run in runs] == ["brax/hopper", "brax/walker2d", "brax/halfcheetah"]
