@@ -60,10 +60,9 @@ Where this file differs from the authors' code (github AryamanReddi99/quantal-ad
   grid is pole mass x bob mass; Playground's pendulum has one body (pole and bob), so dmc-pendulum's grid is
   that body's mass over their bob axis, 0.5-1.5 (envs/robust.py). The default presets (gymnax Pendulum and
   CartPole) and the brax ones are stand-ins that are not in the paper;
-- the temperature feature is α_adv / E_0[α_adv] (unit scale) by default, theirs the raw α_adv (0.001-0.05):
-  `--temperature-feature raw` is theirs;
-- the robustness grid draws one episode per model, as theirs; `--grid-common-random-numbers` gives every
-  model the same initial states and noise instead;
+- options of ours, off by default (the defaults are theirs): `--grid-common-random-numbers` gives every
+  model of the robustness grid the same initial states and noise (theirs: one episode per model), and
+  `--temperature-feature scaled` feeds α_adv / E_0[α_adv] instead of the raw α_adv (docs/qarl.md measures it);
 - the self-paced return constraint uses self-normalized importance weights; theirs the plain mean of
   w_i R_i. With negative returns (Pendulum) plain weights make far-away distributions look feasible (the
   weighted mean tends to 0 >= bound); on their [0, 1]-reward tasks the two agree near the current k. The
@@ -177,7 +176,7 @@ class Config:
     """Initial k (mean α_adv = k / β = 0.05); the linear schedule starts at this mean too."""
     target_shape: float = 1.0
     """Target k (mean 0.001); the linear schedule ends at this mean."""
-    temperature_feature: Literal["scaled", "raw"] = "scaled"
+    temperature_feature: Literal["raw", "scaled"] = "raw"
     """The α_adv the players see: scaled, α_adv / (initial_shape / temperature_rate) (about 1 at the start, like
     the other inputs); raw, α_adv itself (0.001-0.05), as the authors' networks see it."""
     kl_bound: float = 0.5

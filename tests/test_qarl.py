@@ -309,11 +309,11 @@ def test_qarl_learns_the_pendulum_and_is_about_as_robust_as_sac(tmp_path):
 
 
 def test_temperature_feature_raw_is_the_authors_and_reaches_the_run_and_grid_episodes_are_per_cell(tmp_path):
-    """--temperature-feature raw: the players see α_adv itself (the authors' input) and read it back as α; the
-    default scales it to about 1. Each flag reaches the run: raw changes the learning (critic losses), and
-    --grid-common-random-numbers changes only the grid (the same training, other grid returns)."""
-    scaled = qarl.Config()
-    raw = qarl.Config(temperature_feature="raw")
+    """The default feature is α_adv itself (the authors' input), read back as α; --temperature-feature scaled
+    divides it by its initial mean (about 1). Each flag reaches the run: scaled changes the learning (critic
+    losses), and --grid-common-random-numbers changes only the grid (the same training, other grid returns)."""
+    raw = qarl.Config()
+    scaled = qarl.Config(temperature_feature="scaled")
     temperature = jnp.float32(0.02)
     assert float(qarl.observe(raw, jnp.zeros(3), temperature)[-1]) == pytest.approx(0.02)
     assert float(qarl.observe(scaled, jnp.zeros(3), temperature)[-1]) == pytest.approx(0.02 / 0.05)
@@ -321,14 +321,14 @@ def test_temperature_feature_raw_is_the_authors_and_reaches_the_run_and_grid_epi
         feature = qarl.observe(config, jnp.zeros(3), temperature)[-1]
         assert float(feature * qarl.feature_scale(config)) == pytest.approx(0.02)
     runs = {}
-    for name, flags in {"scaled": [], "raw": ["--temperature-feature", "raw"],
+    for name, flags in {"raw": [], "scaled": ["--temperature-feature", "scaled"],
                         "common": ["--grid-common-random-numbers"]}.items():
         qarl.main([*TINY, *flags, "--run-dir", str(tmp_path / name)])
         runs[name] = (np.genfromtxt(tmp_path / name / "metrics_seed0.csv", delimiter=",", names=True),
                       json.loads((tmp_path / name / "summary.json").read_text()))
-    (scaled_metrics, scaled_summary), (raw_metrics, _), (common_metrics, common_summary) = runs.values()
+    (raw_metrics, raw_summary), (scaled_metrics, _), (common_metrics, common_summary) = runs.values()
     assert not np.array_equal(scaled_metrics["adversary_critic_loss"], raw_metrics["adversary_critic_loss"],
                               equal_nan=True)
-    for column in scaled_metrics.dtype.names:
-        np.testing.assert_array_equal(scaled_metrics[column], common_metrics[column], err_msg=column)
-    assert scaled_summary["grid_axis_returns"] != common_summary["grid_axis_returns"]
+    for column in raw_metrics.dtype.names:
+        np.testing.assert_array_equal(raw_metrics[column], common_metrics[column], err_msg=column)
+    assert raw_summary["grid_axis_returns"] != common_summary["grid_axis_returns"]
