@@ -33,7 +33,10 @@ Choices where the paper is silent:
   rest split evenly over the M iterations (the paper's 1.6M + 3 x 0.8M is dr_fraction 0.4). The DR and
   nominal baselines each get all of total_timesteps. Iterations skipped by the stopping rule are not spent.
 - The unregularized Q is trained on r + γ (1 - term) Q̄(s', tanh(μ(s'))), the deterministic action the
-  robust policy takes; the dynamics head predicts s' - s from (s, a) (obs normalized as the critic's).
+  robust policy takes; it has twin heads and the minimum is used, in its target and in the robust min
+  (clipped double Q, as SAC's soft Q, against one head's overestimation of the robust Q at s0, which the
+  stopping rule compares with the worst case found; `--no-twin-plain-q` for one head); the dynamics head predicts s' - s from (s, a) (obs
+  normalized as the critic's).
 - ρ (`rho_selection worst-case`, default): after each iteration one ρ for the whole bank, the one of
   `rho_choices` (10 values in [0.1, 1]) under which the robust policy's worst V(s0) over the models found
   so far is highest (all 10 evaluated in one call). `quantile`: per model, the 90th percentile of T̂_j's
@@ -168,6 +171,9 @@ class Config:
     """Hidden layers."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this for learning (logged returns stay unscaled)."""
+    twin_plain_q: bool = True
+    """Two unregularized Q heads and their minimum, for targets and for the robust min (clipped double Q, as
+    the soft Q): one head overestimates Q(s0). --no-twin-plain-q: one head (the paper does not say)."""
     normalize_observations: bool = False
     """Normalize network inputs by running mean and std (per agent)."""
     backend: str = "generalized"
@@ -320,16 +326,21 @@ TwinQ = nn.vmap(QNetwork, variable_axes={"params": 0}, split_rngs={"params": Tru
 
 
 class Critic(nn.Module):
-    """IWOCS's critic: twin soft Q (for SAC), an unregularized Q (for the robust min) and T̂(s, a) -> s'."""
+    """IWOCS's critic: twin soft Q (for SAC), the unregularized Q (for the robust min; twin heads, whose
+    minimum is used, or one) and T̂(s, a) -> s'. Both Q outputs have a leading head axis."""
 
     obs_dim: int
     hidden_size: int
     num_layers: int
+    twin_plain_q: bool = True
 
     @nn.compact
     def __call__(self, obs, action):
         soft_q = TwinQ(self.hidden_size, self.num_layers, name="soft_q")(obs, action)
-        plain_q = QNetwork(self.hidden_size, self.num_layers, name="plain_q")(obs, action)
+        if self.twin_plain_q:
+            plain_q = TwinQ(self.hidden_size, self.num_layers, name="plain_q")(obs, action)
+        else:
+            plain_q = QNetwork(self.hidden_size, self.num_layers, name="plain_q")(obs, action)[None]
         x = mlp(jnp.concatenate([obs, action], -1), self.hidden_size, self.num_layers)
         delta = nn.Dense(self.obs_dim, name="dynamics")(x)  # predicts s' - s in raw observation units
         return soft_q, plain_q, delta
@@ -419,7 +430,7 @@ def make_robust_policy(actor_net: Actor, critic_net: Critic, action_dim: int, no
     def model_view(model: Agent, obs, memory: Memory):
         """One model's greedy action, its unregularized Q there, and whether it explains the last step."""
         action = jnp.tanh(actor_net.apply(model.actor, normalize(model.obs_stats, obs))[0])
-        _, q, _ = critic_net.apply(model.critic, normalize(model.obs_stats, obs), action)
+        q = critic_net.apply(model.critic, normalize(model.obs_stats, obs), action)[1].min(0)
         _, _, delta = critic_net.apply(model.critic, normalize(model.obs_stats, memory.prev_obs), memory.prev_action)
         error = jnp.abs(memory.prev_obs + delta - obs).sum(-1)  # ||T̂_j(s_{t-1}, a_{t-1}) - s_t||_1
         return action, q, error <= model.rho
@@ -483,7 +494,7 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
     env = envs.EpisodeStatistics(envs.DomainRandomization(base, uset) if randomize else base)
     obs_dim = base.observation_space(env_params).shape[0]
     actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
-    critic_net = Critic(obs_dim, config.hidden_size, config.num_layers)
+    critic_net = Critic(obs_dim, config.hidden_size, config.num_layers, config.twin_plain_q)
     actor_opt, critic_opt, alpha_opt = (optax.adam(config.actor_lr), optax.adam(config.critic_lr),
                                         optax.adam(config.alpha_lr))
     target_entropy = -float(action_dim)
@@ -509,14 +520,14 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
         next_soft_q, _, _ = critic_net.apply(state.target_critic, next_obs, next_action)
         greedy_next = jnp.tanh(actor_net.apply(state.actor, next_obs)[0])
         _, next_plain_q, _ = critic_net.apply(state.target_critic, next_obs, greedy_next)
-        soft_target, plain_target = critic_targets(batch, next_soft_q.min(0), next_log_prob, next_plain_q, alpha,
-                                                   config.gamma, config.reward_scale)
+        soft_target, plain_target = critic_targets(batch, next_soft_q.min(0), next_log_prob, next_plain_q.min(0),
+                                                   alpha, config.gamma, config.reward_scale)
 
         # UPDATE CRITIC HEADS: squared TD errors, and the L1 loss of the dynamics predictor
         def critic_loss_fn(params):
             soft_q, plain_q, delta = critic_net.apply(params, obs, batch.action)
             soft_loss = 0.5 * ((soft_q - soft_target) ** 2).mean(-1).sum()
-            plain_loss = 0.5 * ((plain_q - plain_target) ** 2).mean()
+            plain_loss = 0.5 * ((plain_q - plain_target) ** 2).mean(-1).sum()
             dynamics_loss = jnp.abs(batch.obs + delta - batch.next_obs).sum(-1).mean()
             return soft_loss + plain_loss + dynamics_loss, (soft_loss, plain_loss, dynamics_loss)
 
@@ -668,7 +679,7 @@ def make_pieces(config: Config) -> Pieces:
     base, env_params, uset, action_dim, (low, high) = make_env(config)
     obs_dim = base.observation_space(env_params).shape[0]
     actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
-    critic_net = Critic(obs_dim, config.hidden_size, config.num_layers)
+    critic_net = Critic(obs_dim, config.hidden_size, config.num_layers, config.twin_plain_q)
     robust_q_values, act, init = make_robust_policy(actor_net, critic_net, action_dim, config.normalize_observations)
     episode_steps = int(env_params.max_steps_in_episode)
 
@@ -796,7 +807,8 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
     worst case over the grid, the same episodes)."""
     env, env_params, _, action_dim, (low, high) = make_env(config)
     actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
-    critic_net = Critic(env.observation_space(env_params).shape[0], config.hidden_size, config.num_layers)
+    obs_dim = env.observation_space(env_params).shape[0]
+    critic_net = Critic(obs_dim, config.hidden_size, config.num_layers, config.twin_plain_q)
     _, act, init = make_robust_policy(actor_net, critic_net, action_dim, config.normalize_observations)
     bank = bank_from_dict(checkpoint)
 

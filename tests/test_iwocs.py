@@ -86,9 +86,12 @@ def random_bank():
 
 
 def reference_view(actor_net, critic_net, model, obs, prev_obs, prev_action):
-    """Model j's greedy action, Q_{T_j}(s, π_j(s)) and L1 prediction error, computed plainly."""
+    """Model j's greedy action, Q_{T_j}(s, π_j(s)) (the smaller of its twin unregularized heads) and L1 prediction
+    error, computed plainly."""
     action = np.tanh(np.asarray(actor_net.apply(model.actor, obs)[0]))
-    q = float(critic_net.apply(model.critic, obs, jnp.asarray(action))[1])
+    heads = np.asarray(critic_net.apply(model.critic, obs, jnp.asarray(action))[1])
+    assert heads.shape == (2,)
+    q = float(min(heads))
     delta = np.asarray(critic_net.apply(model.critic, prev_obs, prev_action)[2])
     return action, q, float(np.abs(np.asarray(prev_obs) + delta - np.asarray(obs)).sum())
 
@@ -391,3 +394,14 @@ def test_iwocs_worst_case_beats_nominal_and_matches_dr_on_pendulum(tmp_path):
                                            config["eval_episodes"])(None, jax.random.PRNGKey(0))
     print("zero torque", float(zero_torque.worst), float(zero_torque.average))
     assert results["IWOCS"]["average_mean"] >= float(zero_torque.average) + 300.0
+
+
+def test_twin_unregularized_q_heads_and_one_with_the_flag():
+    """The unregularized Q has two heads (their minimum is the robust Q) by default, one with --no-twin-plain-q."""
+    obs, action = jnp.zeros(3), jnp.zeros(1)
+    for twin, heads in ((True, 2), (False, 1)):
+        critic = iwocs.Critic(3, 8, 1, twin)
+        params = critic.init(jax.random.PRNGKey(0), obs, action)
+        assert critic.apply(params, obs, action)[1].shape == (heads,)
+    config = iwocs.runlog.parse_config(iwocs.Config, iwocs.PRESETS, ["--no-twin-plain-q"])
+    assert config.twin_plain_q is False and iwocs.Config().twin_plain_q is True
