@@ -627,14 +627,12 @@ def train(algorithm: str, config, make_train: Callable, steps_per_seed: int, swe
         for directory, run_config in written.items():
             start_run(directory, run_config, algorithm)
 
-    script = Path(sys.argv[0])
-    script = script if script.suffix == ".py" else Path("algorithms") / f"{algorithm}.py"
     try:
         state, metrics, compile_seconds, train_seconds = run_program(
             lambda c: make_train(c, progress), config, seed_keys(config.seed, config.num_seeds), run_dir,
             config.num_checkpoints, config.resume, sweep=(sweep_name, sweep_values) if sweep_name else None,
             program=program, before_compile=write_directories,
-            resume_command=f"python {script} --resume {run_dir}")
+            resume_command=resume_command(algorithm, run_dir))
     except BaseException:
         if not config.resume and progress.start is None:  # failed before its first update: leave no directory
             _remove_unstarted(written)
@@ -642,6 +640,13 @@ def train(algorithm: str, config, make_train: Callable, steps_per_seed: int, swe
     runs = [Run(*run) for run in sweep_runs(run_configs, state, metrics, sweep_name is not None)]
     return Training(algorithm, run_dir, runs, metrics, compile_seconds, train_seconds / num_values,
                     sweep_name is not None)
+
+
+def resume_command(algorithm: str, run_dir: Path) -> str:
+    """The command that continues a run: the script as it was started (a copy keeps its own path)."""
+    script = Path(sys.argv[0])
+    script = script if script.suffix == ".py" else Path("algorithms") / f"{algorithm}.py"
+    return f"python {script} --resume {run_dir}"
 
 
 def _remove_unstarted(directories: dict[Path, Any]) -> None:

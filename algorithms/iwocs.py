@@ -836,7 +836,13 @@ def main(args: list[str] | None = None, stop_after_stages: int | None = None) ->
         derive_sizes(run_config)  # bad input (of any swept value) raises here, before anything is compiled
     if sweep_name:
         runlog.start_run(run_dir, config, NAME)  # the sweep's config.json, for --resume of the whole sweep
-    summaries = [run_iwocs(run_config, directory, stop_after_stages) for directory, run_config in run_configs.items()]
+    try:
+        summaries = [run_iwocs(run_config, directory, stop_after_stages)
+                     for directory, run_config in run_configs.items()]
+    except KeyboardInterrupt:  # (after the jitted call in progress returns: a stage's state is saved at its end)
+        print(f"\nInterrupted: the state after the last finished stage is in {run_dir}; continue with: "
+              f"{runlog.resume_command(NAME, run_dir)}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     return summaries if sweep_name else summaries[0]
 
 
