@@ -33,9 +33,8 @@ Choices where the paper is silent:
   rest split evenly over the M iterations (the paper's 1.6M + 3 x 0.8M is dr_fraction 0.4). The DR and
   nominal baselines each get all of total_timesteps. Iterations skipped by the stopping rule are not spent.
 - The unregularized Q is trained on r + γ (1 - term) Q̄(s', tanh(μ(s'))), the deterministic action the
-  robust policy takes; it has twin heads and the minimum is used, in its target and in the robust min
-  (clipped double Q, as SAC's soft Q, against one head's overestimation of the robust Q at s0, which the
-  stopping rule compares with the worst case found; `--no-twin-plain-q` for one head); the dynamics head predicts s' - s from (s, a) (obs
+  robust policy takes (one head, as the paper's critic; `--twin-plain-q` uses two and their minimum,
+  clipped double Q, which measurably did not narrow the stopping gap: docs/iwocs.md); the dynamics head predicts s' - s from (s, a) (obs
   normalized as the critic's).
 - ρ (`rho_selection worst-case`, default): after each iteration one ρ for the whole bank, the one of
   `rho_choices` (10 values in [0.1, 1]) under which the robust policy's worst V(s0) over the models found
@@ -171,9 +170,9 @@ class Config:
     """Hidden layers."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this for learning (logged returns stay unscaled)."""
-    twin_plain_q: bool = True
+    twin_plain_q: bool = False
     """Two unregularized Q heads and their minimum, for targets and for the robust min (clipped double Q, as
-    the soft Q): one head overestimates Q(s0). --no-twin-plain-q: one head (the paper does not say)."""
+    the soft Q); off: one head, as the paper describes its critic (docs/iwocs.md measures both)."""
     normalize_observations: bool = False
     """Normalize network inputs by running mean and std (per agent)."""
     backend: str = "generalized"
@@ -326,13 +325,13 @@ TwinQ = nn.vmap(QNetwork, variable_axes={"params": 0}, split_rngs={"params": Tru
 
 
 class Critic(nn.Module):
-    """IWOCS's critic: twin soft Q (for SAC), the unregularized Q (for the robust min; twin heads, whose
-    minimum is used, or one) and T̂(s, a) -> s'. Both Q outputs have a leading head axis."""
+    """IWOCS's critic: twin soft Q (for SAC), the unregularized Q (for the robust min; one head, or twin heads
+    whose minimum is used) and T̂(s, a) -> s'. Both Q outputs have a leading head axis."""
 
     obs_dim: int
     hidden_size: int
     num_layers: int
-    twin_plain_q: bool = True
+    twin_plain_q: bool = False
 
     @nn.compact
     def __call__(self, obs, action):

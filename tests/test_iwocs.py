@@ -68,9 +68,9 @@ def test_search_finds_the_worst_corner(search):
 
 
 @functools.lru_cache(maxsize=None)
-def random_bank():
+def random_bank(twin_plain_q: bool = False):
     """Three trained-looking models (random networks) and a fallback, obs_dim 3, action_dim 1."""
-    actor_net, critic_net = iwocs.Actor(1, 16, 2), iwocs.Critic(3, 16, 2)
+    actor_net, critic_net = iwocs.Actor(1, 16, 2), iwocs.Critic(3, 16, 2, twin_plain_q)
     stats = iwocs.RunningStats(jnp.float32(1.0), jnp.zeros(3), jnp.ones(3))
 
     def agent(key):
@@ -86,18 +86,19 @@ def random_bank():
 
 
 def reference_view(actor_net, critic_net, model, obs, prev_obs, prev_action):
-    """Model j's greedy action, Q_{T_j}(s, π_j(s)) (the smaller of its twin unregularized heads) and L1 prediction
+    """Model j's greedy action, Q_{T_j}(s, π_j(s)) (the smallest of its unregularized heads) and L1 prediction
     error, computed plainly."""
     action = np.tanh(np.asarray(actor_net.apply(model.actor, obs)[0]))
     heads = np.asarray(critic_net.apply(model.critic, obs, jnp.asarray(action))[1])
-    assert heads.shape == (2,)
+    assert heads.shape == ((2,) if critic_net.twin_plain_q else (1,))
     q = float(min(heads))
     delta = np.asarray(critic_net.apply(model.critic, prev_obs, prev_action)[2])
     return action, q, float(np.abs(np.asarray(prev_obs) + delta - np.asarray(obs)).sum())
 
 
-def test_robust_q_is_the_min_over_valid_models_and_ignores_invalid_ones():
-    actor_net, critic_net, models, bank, (robust_q_values, act, _) = random_bank()
+@pytest.mark.parametrize("twin_plain_q", [False, True])
+def test_robust_q_is_the_min_over_valid_models_and_ignores_invalid_ones(twin_plain_q):
+    actor_net, critic_net, models, bank, (robust_q_values, act, _) = random_bank(twin_plain_q)
     obs, prev_obs, prev_action = jnp.array([0.3, -0.8, 1.2]), jnp.array([0.4, -0.7, 1.0]), jnp.array([0.5])
     views = [reference_view(actor_net, critic_net, m, obs, prev_obs, prev_action) for m in models[:3]]
     qs = np.array([v[1] for v in views])
@@ -397,11 +398,11 @@ def test_iwocs_worst_case_beats_nominal_and_matches_dr_on_pendulum(tmp_path):
 
 
 def test_twin_unregularized_q_heads_and_one_with_the_flag():
-    """The unregularized Q has two heads (their minimum is the robust Q) by default, one with --no-twin-plain-q."""
+    """The unregularized Q has one head by default, two with --twin-plain-q (their minimum is the robust Q)."""
     obs, action = jnp.zeros(3), jnp.zeros(1)
     for twin, heads in ((True, 2), (False, 1)):
         critic = iwocs.Critic(3, 8, 1, twin)
         params = critic.init(jax.random.PRNGKey(0), obs, action)
         assert critic.apply(params, obs, action)[1].shape == (heads,)
-    config = iwocs.runlog.parse_config(iwocs.Config, iwocs.PRESETS, ["--no-twin-plain-q"])
-    assert config.twin_plain_q is False and iwocs.Config().twin_plain_q is True
+    config = iwocs.runlog.parse_config(iwocs.Config, iwocs.PRESETS, ["--twin-plain-q"])
+    assert config.twin_plain_q is True and iwocs.Config().twin_plain_q is False
