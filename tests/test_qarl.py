@@ -150,8 +150,9 @@ def test_one_gradient_update_per_three_transitions_from_the_critic_and_actor_thr
 def test_temperature_reaches_both_players_observations_and_rewards_are_zero_sum():
     state, metrics = tiny_run()
     for buffer in (state.protagonist_buffer, state.adversary_buffer):
-        feature = np.asarray(buffer.data.obs)[0, : int(buffer.size[0]), -1]
-        assert feature.std() > 0.05 and 0.2 < feature.mean() < 3.0  # α_adv / E[α_adv] of Gamma(50, 1000) draws
+        feature = np.asarray(buffer.data.obs)[0, : int(buffer.size[0]), -1]  # α_adv itself (the raw feature)
+        scaled = feature / (INITIAL / RATE)
+        assert scaled.std() > 0.05 and 0.2 < scaled.mean() < 3.0  # α_adv / E[α_adv] of Gamma(50, 1000) draws
         np.testing.assert_array_equal(np.asarray(buffer.data.next_obs)[0, : int(buffer.size[0]), -1], feature)
     protagonist_rewards = np.asarray(state.protagonist_buffer.data.reward)[0, : int(state.protagonist_buffer.size[0])]
     adversary_rewards = np.asarray(state.adversary_buffer.data.reward)[0, : int(state.adversary_buffer.size[0])]
@@ -167,7 +168,7 @@ def test_temperatures_are_reused_in_both_phases_and_the_curriculum_sees_discount
     # the same temperatures in the stored transitions of both players' last phase (20 steps x 5 envs)
     for buffer in (state.protagonist_buffer, state.adversary_buffer):
         feature = np.asarray(buffer.data.obs)[0, 100:200, -1].reshape(20, 5)
-        np.testing.assert_allclose(feature, np.tile(temperatures[5:] / (INITIAL / RATE), (20, 1)), rtol=1e-5)
+        np.testing.assert_allclose(feature, np.tile(temperatures[5:], (20, 1)), rtol=1e-5)  # the raw feature
     returns = np.asarray(state.curriculum.returns[0])
     assert float(metrics["curriculum_return"][0, -1]) == pytest.approx(returns.mean(), rel=1e-5)
     # discounted (γ 0.99) Pendulum returns (rewards <= 0) are above the undiscounted ones of the same episodes
