@@ -327,12 +327,14 @@ def test_ctrl_c_stops_at_once_with_the_state_saved_and_prints_the_resume_command
     """SIGINT during a long run: the process exits (130) with the last finished chunk's state in resume.npz and
     the exact command to continue, which then continues it."""
     run_dir = tmp_path / "run"
-    command = [sys.executable, "algorithms/pqn.py", "--total-timesteps", "20000000", "--num-checkpoints", "2000",
-               "--num-evals", "1", "--run-dir", str(run_dir)]
-    # SIGINT as a terminal sends it; the run's default action restored (a shell that starts the test suite in
-    # the background, as CI may, has Ctrl-C ignored for everything it starts)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    flags = ["--total-timesteps", "20000000", "--num-checkpoints", "2000", "--num-evals", "1",
+             "--run-dir", str(run_dir)]
+    # The script runs with Python's Ctrl-C handler installed even where the test suite was started in the
+    # background (a shell then has SIGINT ignored for all it starts), as in a terminal.
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             f"sys.argv = ['algorithms/pqn.py', *{flags!r}]; runpy.run_path('algorithms/pqn.py', run_name='__main__')")
+    process = subprocess.Popen([sys.executable, "-c", start], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         while not (run_dir / "resume.npz").exists() and process.poll() is None:
             time.sleep(0.2)
