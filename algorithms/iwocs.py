@@ -83,8 +83,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
-# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py, runlog.py, envs/
+# runner first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runner  # noqa: E402
 import runlog  # noqa: E402
 import envs  # noqa: E402
 
@@ -232,44 +233,44 @@ def derive_sizes(config: Config) -> Sizes:
     """Check the config and derive the budgets; raise before anything is compiled."""
     uset = envs.uncertainty_set(config.uncertainty_set)  # raises with the known names
     if uset.env_id != config.env_id:
-        raise ValueError(f"Uncertainty set {uset.name!r} is for {uset.env_id!r}, not --env-id {config.env_id!r}: "
+        raise runner.ConfigError(f"Uncertainty set {uset.name!r} is for {uset.env_id!r}, not --env-id {config.env_id!r}: "
                          f"pass --env-id {uset.env_id} or another --uncertainty-set.")
     for name in ("num_seeds", "max_iterations", "num_envs", "batch_size", "hidden_size", "cmaes_generations",
                  "cmaes_population"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}.")
     if config.search_grid_per_axis < 2 or config.eval_grid_per_axis < 2:
-        raise ValueError("search_grid_per_axis and eval_grid_per_axis must be at least 2 (both ends of each axis).")
+        raise runner.ConfigError("search_grid_per_axis and eval_grid_per_axis must be at least 2 (both ends of each axis).")
     if not 0.0 < config.dr_fraction < 1.0:
-        raise ValueError(f"dr_fraction must be in (0, 1), got {config.dr_fraction}.")
+        raise runner.ConfigError(f"dr_fraction must be in (0, 1), got {config.dr_fraction}.")
     if not config.rho_choices or min(config.rho_choices) <= 0:
-        raise ValueError(f"rho_choices must be positive thresholds, got {config.rho_choices}.")
+        raise runner.ConfigError(f"rho_choices must be positive thresholds, got {config.rho_choices}.")
     if config.epsilon < 0:
-        raise ValueError(f"epsilon must be >= 0, got {config.epsilon}.")
+        raise runner.ConfigError(f"epsilon must be >= 0, got {config.epsilon}.")
     if not 0.0 < config.gamma < 1.0:
-        raise ValueError(f"gamma must be in (0, 1) (the robust Q is an infinite-horizon discounted value), got "
+        raise runner.ConfigError(f"gamma must be in (0, 1) (the robust Q is an infinite-horizon discounted value), got "
                          f"{config.gamma}.")
     if not 0.0 <= config.tau <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {config.tau}.")
+        raise runner.ConfigError(f"tau must be in [0, 1], got {config.tau}.")
     for name in ("actor_lr", "critic_lr"):
         if not getattr(config, name) > 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}: e.g. "
+            raise runner.ConfigError(f"{name} must be positive, got {getattr(config, name)}: e.g. "
                              f"--{name.replace('_', '-')} 3e-4.")
     if not config.alpha_lr >= 0:
-        raise ValueError(f"alpha_lr must be at least 0 (0 keeps α at its initial value), got {config.alpha_lr}.")
+        raise runner.ConfigError(f"alpha_lr must be at least 0 (0 keeps α at its initial value), got {config.alpha_lr}.")
     for name in ("search_episodes", "eval_episodes"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}.")
     if config.search_horizon < 0:
-        raise ValueError(f"search_horizon must be >= 0 (0: automatic), got {config.search_horizon}.")
+        raise runner.ConfigError(f"search_horizon must be >= 0 (0: automatic), got {config.search_horizon}.")
     updates = config.num_envs * config.updates_per_env_step
     if updates < 1 or abs(updates - round(updates)) > 1e-9:
-        raise ValueError(f"num_envs * updates_per_env_step ({updates:g}) must be a whole number >= 1: "
+        raise runner.ConfigError(f"num_envs * updates_per_env_step ({updates:g}) must be a whole number >= 1: "
                          f"change --updates-per-env-step.")
     dr_steps = int(config.total_timesteps * config.dr_fraction) // config.num_envs * config.num_envs
     iteration_steps = (config.total_timesteps - dr_steps) // config.max_iterations // config.num_envs * config.num_envs
     if min(dr_steps, iteration_steps) <= config.learning_starts:
-        raise ValueError(f"Each SAC run must outlast learning_starts ({config.learning_starts}): the DR run gets "
+        raise runner.ConfigError(f"Each SAC run must outlast learning_starts ({config.learning_starts}): the DR run gets "
                          f"{dr_steps} steps and each of the {config.max_iterations} iterations {iteration_steps}. "
                          f"Raise --total-timesteps or lower --learning-starts / --max-iterations.")
     return Sizes(dr_steps, iteration_steps, int(round(updates)))
@@ -800,7 +801,7 @@ def load_state(path: Path) -> dict[str, Any]:
             "baselines": {name: agent_from_dict(d) for name, d in state["baselines"].items()}}
 
 
-def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runner.Policy:
     """One seed's robust policy (its bank of models, each with its Q-network and dynamics check, and the DR
     fallback) from its checkpoint (`scripts/evaluate.py`); final_return() redoes the run's final evaluation (the
     worst case over the grid, the same episodes)."""
@@ -820,17 +821,17 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
                                                jax.random.fold_in(jax.random.PRNGKey(config.seed), 99))
         return grid.worst[0]
 
-    return runlog.Policy(env, env_params, act=robust_act, start=lambda obs: init(bank, obs), final_return=final_return)
+    return runner.Policy(env, env_params, act=robust_act, start=lambda obs: init(bank, obs), final_return=final_return)
 
 
 def main(args: list[str] | None = None, stop_after_stages: int | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Run IWOCS (once per value of a --sweep, one after another); return the summary (a list for a sweep).
-    `stop_after_stages=N` raises runlog.RunInterrupted once N stages are saved, as a killed run would stop."""
-    config = runlog.parse_config(Config, PRESETS, args)
-    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    `stop_after_stages=N` raises runner.RunInterrupted once N stages are saved, as a killed run would stop."""
+    config = runner.parse_config(Config, PRESETS, args)
+    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
     run_dir = runlog.run_path(config, NAME)
     run_configs = {directory: dataclasses.replace(run_config, run_dir=str(directory)) for directory, run_config
-                   in runlog.sweep_run_configs(run_dir, config, sweep_name, sweep_values).items()}
+                   in runner.sweep_run_configs(run_dir, config, sweep_name, sweep_values).items()}
     for run_config in run_configs.values():
         derive_sizes(run_config)  # bad input (of any swept value) raises here, before anything is compiled
     if sweep_name:
@@ -840,7 +841,7 @@ def main(args: list[str] | None = None, stop_after_stages: int | None = None) ->
                      for directory, run_config in run_configs.items()]
     except KeyboardInterrupt:  # (after the jitted call in progress returns: a stage's state is saved at its end)
         print(f"\nInterrupted: the state after the last finished stage is in {run_dir}; continue with: "
-              f"{runlog.resume_command(NAME, run_dir)}", file=sys.stderr, flush=True)
+              f"{runner.resume_command(NAME, run_dir)}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     return summaries if sweep_name else summaries[0]
 
@@ -855,7 +856,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     train_model = jax.jit(jax.vmap(make_sac(config, sizes.iteration_steps, False, progress), in_axes=(0, 0, None)))
     pieces = make_pieces(config)
     runlog.start_run(run_dir, config, NAME)
-    keys = runlog.seed_keys(config.seed, config.num_seeds)
+    keys = runner.seed_keys(config.seed, config.num_seeds)
     nominal = jnp.asarray(uset.nominal, jnp.float32)
     say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, flush=True))
     say(f"{NAME} on {config.env_id} ({uset.name}: {' x '.join(uset.names)}), {config.num_seeds} seed(s), DR "
@@ -872,7 +873,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
         state.update(changes, stages_done=state["stages_done"] + 1, seconds=time.perf_counter() - started)
         save_state(state_path, state)
         if stop_after_stages is not None and state["stages_done"] >= stop_after_stages:
-            raise runlog.RunInterrupted(f"stopped after {state['stages_done']} stages")
+            raise runner.RunInterrupted(f"stopped after {state['stages_done']} stages")
 
     # DOMAIN-RANDOMIZATION POLICY (the fallback)
     if state is None:
@@ -941,7 +942,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
              "DR (IWOCS's fallback)": pieces.grid_plain(bank.fallback, eval_key)}
     grids |= {name: pieces.grid_plain(state["baselines"][name], eval_key) for name, *_ in baselines}
-    table = runlog.write_method_grids(run_dir, uset, grids)
+    table = envs.write_method_grids(run_dir, uset, grids)
     say((run_dir / "results.md").read_text())
 
     iwocs_name = next(iter(grids))
@@ -958,4 +959,4 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
 
 
 if __name__ == "__main__":
-    runlog.cli(main)
+    runner.cli(main)

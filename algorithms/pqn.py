@@ -44,7 +44,7 @@ Where this file differs from the authors' code (purejaxql @970ecce), and why:
   the mean of its LogWrapper's last-episode returns over all steps).
 - The MinAtar Conv(16, 3x3) is computed as 3x3 patches times its kernel (`Conv3x3`): the same function
   and parameters, with weight gradients 5x faster on CPU than XLA's convolution.
-- The last evaluation (final_return) draws its episodes from --seed alone (runlog.final_eval_key), the same
+- The last evaluation (final_return) draws its episodes from --seed alone (runner.final_eval_key), the same
   episodes for every seed of the run, so that scripts/evaluate.py can redo it from the checkpoint.
 - Extras the reference does not have, off by default: sticky actions, --obs-divisor 1 (raw MinAtar inputs).
 """
@@ -63,9 +63,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
-# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
-import runlog  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py and envs/
+# runner first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runner  # noqa: E402
 import envs  # noqa: E402
 
 NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
@@ -200,28 +200,28 @@ def derive_sizes(config: Config) -> Sizes:
     for name in ("num_seeds", "num_envs", "num_steps", "num_minibatches", "num_epochs", "num_eval_envs",
                  "num_evals"):  # first: the sizes below divide by them
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}.")
     batch_size = config.num_envs * config.num_steps
     if batch_size % config.num_minibatches:
-        raise ValueError(
+        raise runner.ConfigError(
             f"num_envs * num_steps ({config.num_envs} * {config.num_steps} = {batch_size}) must be divisible "
             f"by num_minibatches ({config.num_minibatches}): change --num-minibatches or --num-envs."
         )
     num_updates = config.total_timesteps // batch_size
     if num_updates < 1:
-        raise ValueError(
+        raise runner.ConfigError(
             f"total_timesteps ({config.total_timesteps}) must be at least num_envs * num_steps ({batch_size})."
         )
     for name in ("gamma", "td_lambda", "eps_start", "eps_finish", "eps_decay", "sticky_action_prob"):
         if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     if config.norm not in ("layer", "batch", "none"):
-        raise ValueError(f"norm must be layer, batch or none, got {config.norm!r}: e.g. --norm batch.")
+        raise runner.ConfigError(f"norm must be layer, batch or none, got {config.norm!r}: e.g. --norm batch.")
     if not config.obs_divisor > 0:
-        raise ValueError(f"obs_divisor must be positive, got {config.obs_divisor}: --obs-divisor 1 keeps raw inputs.")
+        raise runner.ConfigError(f"obs_divisor must be positive, got {config.obs_divisor}: --obs-divisor 1 keeps raw inputs.")
     if not config.lr > 0:
-        raise ValueError(f"lr must be positive, got {config.lr}: e.g. --lr 1e-4.")
-    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+        raise runner.ConfigError(f"lr must be positive, got {config.lr}: e.g. --lr 1e-4.")
+    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(
@@ -243,7 +243,7 @@ def make_env(config: Config):
     )
     obs_shape = env.observation_space(env_params).shape
     if config.network == "cnn" and len(obs_shape) != 3:
-        raise ValueError(
+        raise runner.ConfigError(
             f"--network cnn needs image observations (height, width, channels), but {config.env_id} gives "
             f"shape {obs_shape}: use --network mlp."
         )
@@ -386,15 +386,15 @@ def greedy_evaluation(env, env_params, q_values: Callable, key, num_envs: int, n
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
-    """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
-    in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
+def make_train(config: Config, progress: Callable | None = None) -> runner.Program:
+    """Build the whole run as a `runner.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
+    in one jittable scan; `runner.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
-    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
+    Every hyperparameter is read from `config`; under `--sweep`, the runner calls this with the swept field traced.
     `progress`, if given, is called from inside the run (host callback) every ~1% of the updates with
     env_steps and a few scalars. Bad configs raise here, before anything is compiled.
     """
-    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
+    sizes = derive_sizes(runner.untraced(config))  # checks compare plain numbers
     env, env_params, num_actions = make_env(config)
     network = QNetwork(num_actions, config.hidden_size, config.num_layers, conv=config.network == "cnn",
                        norm=config.norm, norm_input=config.norm_input, obs_divisor=config.obs_divisor)
@@ -500,8 +500,8 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         # EVALUATE AND LOG
         is_last = update_index == sizes.num_updates - 1
         is_eval = ((update_index + 1) % sizes.eval_every == 0) | is_last
-        # The final evaluation's episodes come from the seed (runlog.final_eval_key): scripts/evaluate.py redoes it.
-        key_eval = jnp.where(is_last, runlog.final_eval_key(config.seed), key_eval)
+        # The final evaluation's episodes come from the seed (runner.final_eval_key): scripts/evaluate.py redoes it.
+        key_eval = jnp.where(is_last, runner.final_eval_key(config.seed), key_eval)
         eval_return = jax.lax.cond(
             is_eval,
             lambda: greedy_evaluation(env, env_params, lambda obs: network.apply(state.params, obs), key_eval,
@@ -532,10 +532,15 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             )
         return (state, env_state, obs, latest_eval_return, key), metrics
 
-    return runlog.Program(init, update, sizes.num_updates, result=lambda carry: carry[0])
+    def train(key):
+        """The whole run, one jittable function of a key: `jax.jit(jax.vmap(make_train(config)))(keys)`."""
+        carry, metrics = jax.lax.scan(update, init(key), jnp.arange(sizes.num_updates))
+        return carry[0], metrics
+
+    return runner.Program(init, update, sizes.num_updates, train, result=lambda carry: carry[0])
 
 
-def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runner.Policy:
     """One seed's greedy policy from its checkpoint (`scripts/evaluate.py`); final_return() redoes the run's
     last evaluation, on the same episodes."""
     env, env_params, num_actions = make_env(config)
@@ -545,18 +550,18 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
     q_values = lambda obs: network.apply(variables, obs)
 
     def final_return():
-        return greedy_evaluation(env, env_params, q_values, runlog.final_eval_key(config.seed),
+        return greedy_evaluation(env, env_params, q_values, runner.final_eval_key(config.seed),
                                  config.num_eval_envs, int(env_params.max_steps_in_episode))
 
-    return runlog.Policy(env, env_params, act=lambda memory, obs, key: (q_values(obs[None])[0].argmax(), memory),
+    return runner.Policy(env, env_params, act=lambda memory, obs, key: (q_values(obs[None])[0].argmax(), memory),
                          final_return=final_return)
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
-    config = runlog.parse_config(Config, PRESETS, args)
+    config = runner.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    training = runlog.train(NAME, config, make_train, sizes.num_updates * sizes.batch_size,
+    training = runner.train(NAME, config, make_train, sizes.num_updates * sizes.batch_size,
                             (sizes.sweep_name, sizes.sweep_values))
     summaries = [training.finish(run, final_return=run.metrics["eval_return"][:, -1],
                                  checkpoint={"params": run.state.params, "opt_state": run.state.opt_state})
@@ -569,9 +574,9 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
             f"are in {training.run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller --reward-scale."
         )
     if not config.quiet:
-        runlog.report(training, summaries, "eval_return", "greedy return", final="final greedy return")
+        runner.report(training, summaries, "eval_return", "greedy return", final="final greedy return")
     return training.returned(summaries)
 
 
 if __name__ == "__main__":
-    runlog.cli(main)
+    runner.cli(main)

@@ -49,7 +49,7 @@ eval_return_deterministic (ours: the deterministic protagonist, feature 0, no ad
 as the authors evaluate (feature 0, stochastic policies, `final_eval_episodes` episodes): final_return
 (no adversary), return_vs_adversary (against the trained adversary), final_return_deterministic (ours), and
 the robustness grid without adversary, 1 episode per model (`grid_episodes`), its episodes (and the final
-evaluation's) drawn from --seed alike for every seed (runlog.final_eval_key): each axis of `grid_set` alone
+evaluation's) drawn from --seed alike for every seed (runner.final_eval_key): each axis of `grid_set` alone
 (`grid_points` values, the other axes at their nominal values) and all axes jointly: grid.csv, grid.png
 (joint grid), summary.json's grid_worst / grid_average (joint grid) and grid_axis_returns.
 
@@ -105,9 +105,9 @@ import numpy as np
 import optax
 from jax.scipy.special import digamma, gammaln
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
-# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
-import runlog  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py and envs/
+# runner first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runner  # noqa: E402
 import envs  # noqa: E402
 
 NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
@@ -280,23 +280,23 @@ def derive_sizes(config: Config) -> Sizes:
                  "num_layers", "curriculum_batch", "num_eval_envs", "final_eval_episodes", "num_evals",
                  "grid_episodes"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}.")
     for name in ("learning_starts", "actor_starts", "alpha_lr"):  # alpha_lr 0: α stays at --initial-alpha
         if not getattr(config, name) >= 0:
-            raise ValueError(f"{name} must be at least 0, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 0, got {getattr(config, name)}.")
     for name in ("gamma", "tau"):
         if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     for name in ("temperature_rate", "initial_shape", "target_shape", "kl_bound", "initial_alpha", "actor_lr",
                  "critic_lr"):
         if not getattr(config, name) > 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be positive, got {getattr(config, name)}.")
     if config.grid_points < 2:
-        raise ValueError(f"grid_points must be at least 2, got {config.grid_points}.")
+        raise runner.ConfigError(f"grid_points must be at least 2, got {config.grid_points}.")
     steps_per_iteration = config.phase_steps * config.num_envs
     num_iterations = config.total_timesteps // steps_per_iteration
     if num_iterations < 1:
-        raise ValueError(
+        raise runner.ConfigError(
             f"total_timesteps ({config.total_timesteps}) must cover one protagonist phase: phase_steps "
             f"({config.phase_steps}) x num_envs ({config.num_envs}) = {steps_per_iteration} steps. Raise "
             f"--total-timesteps or lower --phase-steps."
@@ -304,7 +304,7 @@ def derive_sizes(config: Config) -> Sizes:
     capacity = min(config.buffer_size, num_iterations * steps_per_iteration)
     episodes_per_iteration = 2 * config.num_envs  # both phases
     curriculum_capacity = math.ceil(config.curriculum_batch / episodes_per_iteration) * episodes_per_iteration
-    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(num_iterations, steps_per_iteration, capacity, max(num_iterations // config.num_evals, 1),
@@ -332,10 +332,10 @@ def make_env(config: Config):
                                         "CartPole-v1 (continuous push here) or a continuous-action env")
     uset = envs.uncertainty_set(config.grid_set)
     if uset.env_id != config.env_id:
-        raise ValueError(f"--grid-set {config.grid_set} is for {uset.env_id}, not {config.env_id}: pick one of "
+        raise runner.ConfigError(f"--grid-set {config.grid_set} is for {uset.env_id}, not {config.env_id}: pick one of "
                          f"{', '.join(n for n, s in envs.UNCERTAINTY_SETS.items() if s.env_id == config.env_id)}.")
     if config.max_force is not None and config.max_force <= 0:
-        raise ValueError(f"max_force must be positive, got {config.max_force}.")
+        raise runner.ConfigError(f"max_force must be positive, got {config.max_force}.")
     env = envs.AdversarialForces(env, max_force=config.max_force) if config.max_force else envs.AdversarialForces(env)
     env_params = env_params.replace(max_steps_in_episode=config.phase_steps)
     if continuous_push:
@@ -604,14 +604,14 @@ def make_final_evaluation(config: Config) -> Callable:
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
-    """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (RunState, metrics)` runs it
-    in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
+def make_train(config: Config, progress: Callable | None = None) -> runner.Program:
+    """Build the whole run as a `runner.Program`: `make_train(config)(key) -> (RunState, metrics)` runs it
+    in one jittable scan; `runner.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
-    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
+    Every hyperparameter is read from `config`; under `--sweep`, the runner calls this with the swept field traced.
     `progress`, if given, is called from inside the run (host callback) after every iteration.
     """
-    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
+    sizes = derive_sizes(runner.untraced(config))  # checks compare plain numbers
     env, env_params, spec = make_env(config)
     evaluate = make_evaluation(config)
     protagonist_actor = Actor(spec.action_dim, config.hidden_size, config.num_layers)
@@ -851,7 +851,12 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
                 "env_steps", "episode_return", "adversary_phase_return", "temperature", "eval_return")})
         return (state, key), metrics
 
-    return runlog.Program(init, update, sizes.num_iterations, result=lambda carry: carry[0])
+    def train(key):
+        """The whole run, one jittable function of a key: `jax.jit(jax.vmap(make_train(config)))(keys)`."""
+        carry, metrics = jax.lax.scan(update, init(key), jnp.arange(sizes.num_iterations))
+        return carry[0], metrics
+
+    return runner.Program(init, update, sizes.num_iterations, train, result=lambda carry: carry[0])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -908,7 +913,7 @@ def make_grid_evaluation(config: Config) -> tuple[envs.UncertaintySet, Callable]
     return uset, evaluate
 
 
-def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runner.Policy:
     """One seed's protagonist (temperature feature 0, tanh of its mean, no adversary force) from its checkpoint
     (`scripts/evaluate.py`); final_return() redoes the run's final evaluation as the authors evaluate
     (stochastic protagonist, `final_eval_episodes` episodes, the same keys)."""
@@ -922,18 +927,18 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
         return to_env_action(config, spec, action, jnp.zeros(spec.adversary_dim)), memory
 
     final = make_final_evaluation(config)
-    return runlog.Policy(env, env_params, act=act, final_return=lambda: final(
-        protagonist, adversary, runlog.final_eval_key(config.seed))["final_return"])
+    return runner.Policy(env, env_params, act=act, final_return=lambda: final(
+        protagonist, adversary, runner.final_eval_key(config.seed))["final_return"])
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
-    config = runlog.parse_config(Config, PRESETS, args)
+    config = runner.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
     uset, grid_evaluation = make_grid_evaluation(config)
     final_evaluation = make_final_evaluation(config)
     mode = f"{config.curriculum} curriculum" if config.adversary == "on" else "no adversary (SAC)"
-    training = runlog.train(NAME, config, make_train, sizes.num_iterations * sizes.steps_per_iteration,
+    training = runner.train(NAME, config, make_train, sizes.num_iterations * sizes.steps_per_iteration,
                             (sizes.sweep_name, sizes.sweep_values), every_seconds=5.0,
                             detail=f"{mode}, {sizes.num_iterations} iterations")
     summaries = []
@@ -941,13 +946,13 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         # FINAL EVALUATION AND ROBUSTNESS GRID: every seed's protagonist, feature 0, stochastic
         seed_players = [(jax.tree.map(lambda x: x[seed], run.state.protagonist.actor),
                          jax.tree.map(lambda x: x[seed], run.state.adversary.actor)) for seed in range(config.num_seeds)]
-        # The episodes come from --seed (runlog.final_eval_key), the same for every seed of the run, as in PQN and SAC
-        eval_key = runlog.final_eval_key(config.seed)
+        # The episodes come from --seed (runner.final_eval_key), the same for every seed of the run, as in PQN and SAC
+        eval_key = runner.final_eval_key(config.seed)
         finals = [jax.tree.map(float, final_evaluation(pro, adv, eval_key)) for pro, adv in seed_players]
         grids = [grid_evaluation(pro, eval_key) for pro, _ in seed_players]
         grid_returns = np.stack([np.asarray(g.returns) for g in grids])
         swept = f", {run.directory.name}" if sizes.sweep_name else ""
-        runlog.write_grid(run.directory, uset, np.asarray(grids[0].values), grid_returns,
+        envs.write_grid(run.directory, uset, np.asarray(grids[0].values), grid_returns,
                           f"QARL {config.adversary == 'on' and config.curriculum or 'off'} on {config.env_id}"
                           f"{swept}: {uset.name} ({config.num_seeds} seeds, "
                           f"{sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
@@ -972,7 +977,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         raise SystemExit(f"Training diverged (an infinite critic loss or a NaN return). Outputs so far are in "
                          f"{training.run_dir}. Try lower learning rates (--critic-lr, --actor-lr).")
     if not config.quiet:
-        runlog.report(
+        runner.report(
             training, summaries, "eval_return", "evaluation return",
             final=f"final return ({config.final_eval_episodes} stochastic episodes)",
             extra=lambda s: f"; against the adversary {[round(r, 1) for r in s['return_vs_adversary']]}; grid "
@@ -982,4 +987,4 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
 
 
 if __name__ == "__main__":
-    runlog.cli(main)
+    runner.cli(main)

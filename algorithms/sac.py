@@ -29,7 +29,7 @@ Choices (the paper leaves them open):
   (the paper's) unless --target-entropy(-per-action-dim) says otherwise; the brax and dmc presets use brax's -0.5 |A|.
 - Replay is a plain ring buffer in this file (20 lines, no extra dependency) rather than flashbax.
 - At a time limit the target bootstraps from the true final observation; rejax / Stoix treat them as terminal.
-- The last evaluation (final_return) draws its episodes from --seed alone (runlog.final_eval_key), the same
+- The last evaluation (final_return) draws its episodes from --seed alone (runner.final_eval_key), the same
   episodes for every seed of the run, so that scripts/evaluate.py can redo it from the checkpoint.
 
 What still differs from brax's SAC (brax 0.14, brax/training/agents/sac) in the brax presets and the dmc-cheetah
@@ -68,9 +68,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
-# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
-import runlog  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py and envs/
+# runner first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runner  # noqa: E402
 import envs  # noqa: E402
 
 NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
@@ -229,38 +229,38 @@ def derive_sizes(config: Config) -> Sizes:
     """Check the config and derive the loop sizes; raise before anything is compiled."""
     for name in ("num_seeds", "num_envs", "batch_size", "num_eval_envs", "num_evals", "hidden_size"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}.")
     for name in ("gamma", "tau"):
         if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     if config.init_alpha <= 0:
-        raise ValueError(f"init_alpha must be positive (log α is learned), got {config.init_alpha}.")
+        raise runner.ConfigError(f"init_alpha must be positive (log α is learned), got {config.init_alpha}.")
     for name in ("actor_lr", "critic_lr"):
         if not getattr(config, name) > 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}: e.g. "
+            raise runner.ConfigError(f"{name} must be positive, got {getattr(config, name)}: e.g. "
                              f"--{name.replace('_', '-')} 3e-4.")
     if not config.alpha_lr >= 0:
-        raise ValueError(f"alpha_lr must be at least 0 (0 keeps α at --init-alpha), got {config.alpha_lr}.")
+        raise runner.ConfigError(f"alpha_lr must be at least 0 (0 keeps α at --init-alpha), got {config.alpha_lr}.")
     updates = config.num_envs * config.updates_per_env_step
     if updates < 1 or abs(updates - round(updates)) > 1e-9:
-        raise ValueError(
+        raise runner.ConfigError(
             f"num_envs * updates_per_env_step ({config.num_envs} * {config.updates_per_env_step} = {updates:g}) "
             f"must be a whole number of updates per iteration, at least 1: change --updates-per-env-step."
         )
     iterations = config.total_timesteps // config.num_envs
     if iterations < 1:
-        raise ValueError(f"total_timesteps ({config.total_timesteps}) must be at least num_envs ({config.num_envs}).")
+        raise runner.ConfigError(f"total_timesteps ({config.total_timesteps}) must be at least num_envs ({config.num_envs}).")
     if config.learning_starts // config.num_envs >= iterations:
-        raise ValueError(f"learning_starts ({config.learning_starts}) leaves no step of the {config.total_timesteps} "
+        raise runner.ConfigError(f"learning_starts ({config.learning_starts}) leaves no step of the {config.total_timesteps} "
                          f"(--total-timesteps) for learning, so the run would make no update: lower --learning-starts "
                          f"or raise --total-timesteps.")
     if config.buffer_size < max(config.batch_size, config.num_envs):
-        raise ValueError(f"buffer_size ({config.buffer_size}) must hold at least one batch (--batch-size "
+        raise runner.ConfigError(f"buffer_size ({config.buffer_size}) must hold at least one batch (--batch-size "
                          f"{config.batch_size}) and one step of every env (--num-envs {config.num_envs}): raise "
                          f"--buffer-size.")
     iterations_per_row = max(iterations // 200, 1)
     num_rows = iterations // iterations_per_row
-    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(
@@ -444,15 +444,15 @@ class TrainState(NamedTuple):
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
-    """Build the whole run as a `runlog.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
-    in one jittable scan; `runlog.run_program` runs it in checkpointed chunks (init, then `update` scanned).
+def make_train(config: Config, progress: Callable | None = None) -> runner.Program:
+    """Build the whole run as a `runner.Program`: `make_train(config)(key) -> (TrainState, metrics)` runs it
+    in one jittable scan; `runner.run_program` runs it in checkpointed chunks (init, then `update` scanned).
 
-    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
+    Every hyperparameter is read from `config`; under `--sweep`, the runner calls this with the swept field traced.
     `progress`, if given, is called from inside the run (host callback) every ~1% of it. Bad configs
     raise here, before anything is compiled.
     """
-    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
+    sizes = derive_sizes(runner.untraced(config))  # checks compare plain numbers
     env, env_params, action_dim, (action_low, action_high) = make_env(config)
     obs_dim = env.observation_space(env_params).shape[0]
     actor = Actor(action_dim, config.hidden_size, config.num_layers)
@@ -596,8 +596,8 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         # EVALUATE AND LOG
         is_last = row_index == sizes.num_rows - 1
         is_eval = ((row_index + 1) % sizes.eval_every == 0) | is_last
-        # The final evaluation's episodes come from the seed (runlog.final_eval_key): scripts/evaluate.py redoes it.
-        key_eval = jnp.where(is_last, runlog.final_eval_key(config.seed), key_eval)
+        # The final evaluation's episodes come from the seed (runner.final_eval_key): scripts/evaluate.py redoes it.
+        key_eval = jnp.where(is_last, runner.final_eval_key(config.seed), key_eval)
         eval_return = jax.lax.cond(is_eval, lambda: evaluation(state, key_eval),
                                    lambda: jnp.float32(jnp.nan))
         metrics = {
@@ -618,25 +618,30 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
             )
         return (state, buffer, env_state, obs, key), metrics
 
-    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0],
+    def train(key):
+        """The whole run, one jittable function of a key: `jax.jit(jax.vmap(make_train(config)))(keys)`."""
+        carry, metrics = jax.lax.scan(update, init(key), jnp.arange(sizes.num_rows))
+        return carry[0], metrics
+
+    return runner.Program(init, update, sizes.num_rows, train, result=lambda carry: carry[0],
                           act=deterministic_action, evaluate=evaluation)
 
 
-def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runner.Policy:
     """One seed's deterministic policy (tanh of the mean, with the run's observation statistics) from its
     checkpoint (`scripts/evaluate.py`); final_return() redoes the run's last evaluation, on the same episodes."""
     program = make_train(config)
-    state = runlog.restore(lambda: program.result(program.init(jax.random.PRNGKey(0))), checkpoint)
+    state = runner.restore(lambda: program.result(program.init(jax.random.PRNGKey(0))), checkpoint)
     env, env_params, _, _ = make_env(config)
-    return runlog.Policy(env, env_params, act=lambda memory, obs, key: (program.act(state, obs), memory),
-                         final_return=lambda: program.evaluate(state, runlog.final_eval_key(config.seed)))
+    return runner.Policy(env, env_params, act=lambda memory, obs, key: (program.act(state, obs), memory),
+                         final_return=lambda: program.evaluate(state, runner.final_eval_key(config.seed)))
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
-    config = runlog.parse_config(Config, PRESETS, args)
+    config = runner.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    training = runlog.train(NAME, config, make_train, sizes.iterations * config.num_envs,
+    training = runner.train(NAME, config, make_train, sizes.iterations * config.num_envs,
                             (sizes.sweep_name, sizes.sweep_values))
     summaries = [training.finish(run, final_return=run.metrics["eval_return"][:, -1], checkpoint=run.state._asdict())
                  for run in training.runs]
@@ -651,9 +656,9 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
             f"rates, a smaller --reward-scale, or --normalize-observations."
         )
     if not config.quiet:
-        runlog.report(training, summaries, "eval_return", "evaluation return")
+        runner.report(training, summaries, "eval_return", "evaluation return")
     return training.returned(summaries)
 
 
 if __name__ == "__main__":
-    runlog.cli(main)
+    runner.cli(main)

@@ -42,7 +42,7 @@ uniform sampling with replacement; act with argmax of head k, and timesteps with
 with the latest network (their `predict`); rewards scaled by reward_scale for learning only.
 
 What differs, and why:
-- The last evaluation (final_return) draws its episodes from --seed alone (runlog.final_eval_key), the same
+- The last evaluation (final_return) draws its episodes from --seed alone (runner.final_eval_key), the same
   episodes for every seed of the run, so that scripts/evaluate.py can redo it from the checkpoint.
 - Iterations: exactly H, or fewer if total_timesteps is spent first (checked before each iteration, as
   theirs). Their loop runs until the budget, an evaluation at stop_on_eval_reward, or 11 iterations in a
@@ -85,9 +85,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
-# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
-import runlog  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py and envs/
+# runner first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runner  # noqa: E402
 import envs  # noqa: E402
 
 NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
@@ -223,27 +223,27 @@ class Sizes(NamedTuple):
 def derive_sizes(config: Config) -> Sizes:
     """Check the config and derive the loop sizes; raise before anything is compiled."""
     if config.num_heads < 1:
-        raise ValueError(
+        raise runner.ConfigError(
             f"num_heads (k) must be at least 1, got {config.num_heads}: head 1 regresses the random policy's "
             f"return and acting uses head k. Use --num-heads 1 for greedy on the random policy's Q."
         )
     for name in ("num_seeds", "total_timesteps", "episodes_per_iteration", "num_epochs", "batch_size",
                  "hidden_size", "num_eval_envs"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}: pass --{name.replace('_', '-')} 1 or more.")
+            raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}: pass --{name.replace('_', '-')} 1 or more.")
     for name in ("num_layers", "replay_iterations", "num_evals"):
         if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be at least 0, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 0, got {getattr(config, name)}.")
     for name in ("gamma", "sticky_action_prob"):
         if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     if not 0.0 <= config.loss_smoothing < 1.0:
-        raise ValueError(f"loss_smoothing must be in [0, 1), got {config.loss_smoothing}.")
+        raise runner.ConfigError(f"loss_smoothing must be in [0, 1), got {config.loss_smoothing}.")
     if not config.lr > 0:
-        raise ValueError(f"lr must be positive, got {config.lr}: e.g. --lr 1e-3.")
+        raise runner.ConfigError(f"lr must be positive, got {config.lr}: e.g. --lr 1e-3.")
     horizon = episode_horizon(config)
     replay_iterations = config.replay_iterations or horizon
-    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(
@@ -274,11 +274,11 @@ def episode_horizon(config: Config) -> int:
     if config.horizon is None:
         if own is None:
             base_env(config)  # a continuous-action env gets that error, which names the algorithm to use
-            raise ValueError(f"{config.env_id} has no horizon of its own: pass --horizon H (episodes are cut at "
+            raise runner.ConfigError(f"{config.env_id} has no horizon of its own: pass --horizon H (episodes are cut at "
                              f"H steps, one policy per timestep) or use the id {config.env_id}/horizon<H>.")
         return own
     if config.horizon < 1:
-        raise ValueError(f"horizon must be at least 1, got {config.horizon}: pass --horizon 1 or more, or leave it "
+        raise runner.ConfigError(f"horizon must be at least 1, got {config.horizon}: pass --horizon 1 or more, or leave it "
                          f"out to follow the env's own length.")
     return config.horizon
 
@@ -322,7 +322,7 @@ def make_env(config: Config):
     env, env_params, num_actions = base_env(config)
     obs_shape = env.observation_space(env_params).shape
     if config.network == "cnn" and len(obs_shape) != 3:
-        raise ValueError(
+        raise runner.ConfigError(
             f"--network cnn needs image observations (height, width, channels), but {config.env_id} gives "
             f"shape {obs_shape}: use --network mlp."
         )
@@ -420,26 +420,17 @@ def normalized_head_loss(q_taken: jax.Array, targets: jax.Array, loss_average: j
 # TRAINING
 
 
-class Program(runlog.Program):
-    """A `runlog.Program` whose result is (TrainState, snapshots). Calling it runs the whole run in one scan
-    and returns them flat, (TrainState, snapshots, metrics), as make_train(config)(key) always has."""
-
-    def __call__(self, key):
-        (state, snapshots), metrics = super().__call__(key)
-        return state, snapshots, metrics
-
-
-def make_train(config: Config, progress: Callable | None = None) -> Program:
-    """Build the whole run as a `Program`: `make_train(config)(key) -> (TrainState, per-timestep policy
-    snapshots, metrics)` runs it in one jittable scan over iterations; `runlog.run_program` runs it in
+def make_train(config: Config, progress: Callable | None = None) -> runner.Program:
+    """Build the whole run as a `runner.Program`: `make_train(config)(key) -> (TrainState, per-timestep policy
+    snapshots, metrics)` runs it in one jittable scan over iterations; `runner.run_program` runs it in
     checkpointed chunks (init, then `update`, one iteration, scanned).
 
     The snapshots are the frozen parameters of every timestep's policy as one stacked pytree (leading
-    axis = timestep). Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the
+    axis = timestep). Every hyperparameter is read from `config`; under `--sweep`, the runner calls this with the
     swept field traced. `progress`, if given, is called from inside the run every ~1% of the iterations.
     Bad configs raise here, before anything is compiled.
     """
-    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
+    sizes = derive_sizes(runner.untraced(config))  # checks compare plain numbers
     env, env_params, num_actions = make_env(config)
     network = MultiHeadQNetwork(num_actions, config.num_heads, config.hidden_size, config.num_layers,
                                 conv=config.network == "cnn")
@@ -592,8 +583,8 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
 
         # EVALUATE AND LOG
         is_eval = ((i + 1) % sizes.eval_every == 0) | (i == horizon - 1)
-        # The final evaluation's episodes come from the seed (runlog.final_eval_key): scripts/evaluate.py redoes it.
-        key_eval = jnp.where(i == horizon - 1, runlog.final_eval_key(config.seed), key_eval)
+        # The final evaluation's episodes come from the seed (runner.final_eval_key): scripts/evaluate.py redoes it.
+        key_eval = jnp.where(i == horizon - 1, runner.final_eval_key(config.seed), key_eval)
         eval_return = jax.lax.cond(
             is_eval, lambda: greedy_evaluation(key_eval, num_frozen, snapshots, state.params),
             lambda: jnp.float32(jnp.nan))
@@ -611,11 +602,17 @@ def make_train(config: Config, progress: Callable | None = None) -> Program:
             )
         return (state, snapshots, buffer, num_stored, env_steps, num_frozen, latest_eval_return, key), metrics
 
-    return Program(init, update, sizes.num_iterations, result=lambda carry: (carry[0], carry[1]),
-                   act=greedy_action, evaluate=greedy_evaluation)
+    def train(key):
+        """The whole run, one jittable function of a key: `jax.jit(jax.vmap(make_train(config)))(keys)`
+        -> (TrainState, per-timestep policy snapshots, metrics)."""
+        carry, metrics = jax.lax.scan(update, init(key), jnp.arange(sizes.num_iterations))
+        return carry[0], carry[1], metrics
+
+    return runner.Program(init, update, sizes.num_iterations, train, result=lambda carry: (carry[0], carry[1]),
+                          act=greedy_action, evaluate=greedy_evaluation)
 
 
-def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runner.Policy:
     """One seed's non-stationary greedy policy (π_t, the snapshot frozen for timestep t, or the last network
     for timesteps never reached) from its checkpoint (`scripts/evaluate.py`); final_return() redoes the run's
     last evaluation, on the same episodes."""
@@ -628,16 +625,16 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
                                 snapshots, params)
         return program.act(policy_t, obs[None])[0], t + 1
 
-    return runlog.Policy(env, env_params, act=act, start=lambda obs: jnp.int32(0),
-                         final_return=lambda: program.evaluate(runlog.final_eval_key(config.seed), num_frozen,
+    return runner.Policy(env, env_params, act=act, start=lambda obs: jnp.int32(0),
+                         final_return=lambda: program.evaluate(runner.final_eval_key(config.seed), num_frozen,
                                                                snapshots, params))
 
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
-    config = runlog.parse_config(Config, PRESETS, args)
+    config = runner.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    training = runlog.train(
+    training = runner.train(
         NAME, config, make_train, sizes.num_iterations * config.episodes_per_iteration * sizes.horizon,
         (sizes.sweep_name, sizes.sweep_values), budget=True,
         detail=f"horizon {sizes.horizon}, k = {config.num_heads}, m = {config.episodes_per_iteration}, budget "
@@ -666,11 +663,11 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
             f"{training.run_dir}. Try a lower --lr, a lower --max-grad-norm or a smaller --reward-scale."
         )
     if not config.quiet:
-        runlog.report(training, summaries, "eval_return", "greedy return", final="final greedy return",
+        runner.report(training, summaries, "eval_return", "greedy return", final="final greedy return",
                       extra=lambda s: f"; env steps to reach {s['solve_threshold']}: {s['steps_to_solve']} "
                                       f"({s['env_steps']:,} env steps in {min(s['iterations_run'])} iterations)")
     return training.returned(summaries)
 
 
 if __name__ == "__main__":
-    runlog.cli(main)
+    runner.cli(main)

@@ -76,9 +76,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import this checkout's envs/ and runlog.py
-# runlog first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
-import runlog  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py and envs/
+# runner first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
+import runner  # noqa: E402
 import envs  # noqa: E402
 
 NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
@@ -214,20 +214,20 @@ def derive_sizes(config: Config) -> Sizes:
     """Check the config and derive the loop sizes; raise before anything is compiled."""
     for name in ("num_seeds", "num_layers", "hidden_size", "num_log_rows"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}.")
     for name in ("gamma", "td_lambda", "eps_start", "eps_finish", "exploration_fraction", "sticky_action_prob"):
         if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
     if not 0.0 <= config.sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {config.sparsity}.")
+        raise runner.ConfigError(f"sparsity must be in [0, 1), got {config.sparsity}.")
     for name in ("lr", "kappa", "kappa_policy"):
         if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}.")
+            raise runner.ConfigError(f"{name} must be positive, got {getattr(config, name)}.")
     num_rows = min(config.num_log_rows, config.total_timesteps)
     if num_rows < 1:
-        raise ValueError(f"total_timesteps must be at least 1, got {config.total_timesteps}.")
+        raise runner.ConfigError(f"total_timesteps must be at least 1, got {config.total_timesteps}.")
     steps_per_row = config.total_timesteps // num_rows
-    sweep_name, sweep_values = runlog.parse_sweep(config.sweep, SWEEPABLE)
+    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
     for value in sweep_values:  # every swept value must be a valid config on its own
         derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
     return Sizes(num_rows, steps_per_row, num_rows * steps_per_row, sweep_name, sweep_values)
@@ -242,7 +242,7 @@ def make_env(config: Config):
     """The training env with the stream-x wrappers, its params and its action spec."""
     kwargs = {"backend": config.backend} if config.env_id.startswith(envs.registry.BRAX_PREFIX) else {}
     if config.time_feature and not config.time_limit:
-        raise ValueError("--time-feature counts towards a time limit: with --no-time-limit use --no-time-feature.")
+        raise runner.ConfigError("--time-feature counts towards a time limit: with --no-time-limit use --no-time-feature.")
     env, env_params = envs.make(config.env_id, time_limit=config.time_limit, **kwargs)
     episode_limit = int(env_params.max_steps_in_episode)  # what the time feature counts towards
     if isinstance(env, envs.HorizonCap):  # an `<id>/horizon<H>` id ends episodes at H steps
@@ -257,20 +257,20 @@ def make_env(config: Config):
         size = envs.require_continuous_actions(env, env_params, config.env_id, "stream AC(λ)", "--learner q")
     obs_shape = env.observation_space(env_params).shape
     if config.network == "cnn" and len(obs_shape) != 3:
-        raise ValueError(f"--network cnn needs image observations (height, width, channels), but {config.env_id} "
+        raise runner.ConfigError(f"--network cnn needs image observations (height, width, channels), but {config.env_id} "
                          f"gives shape {obs_shape}: use --network mlp.")
     if config.network == "cnn" and config.time_feature:
-        raise ValueError("--time-feature appends to flat observations; with --network cnn use --no-time-feature.")
+        raise runner.ConfigError("--time-feature appends to flat observations; with --network cnn use --no-time-feature.")
     if config.learner == "td":
         if not hasattr(env, "true_values"):
-            raise ValueError(f"--learner td needs a task with known true values, and {config.env_id} has none: "
+            raise runner.ConfigError(f"--learner td needs a task with known true values, and {config.env_id} has none: "
                              f"use --env-id RandomWalk-v0 (or --preset td).")
         if config.scale_rewards or config.normalize_observations or config.time_feature:
-            raise ValueError("--learner td measures V against the true values of the raw task: add "
+            raise runner.ConfigError("--learner td measures V against the true values of the raw task: add "
                              "--no-scale-rewards --no-normalize-observations --no-time-feature (as --preset td).")
     if config.sticky_action_prob > 0:
         if not discrete:
-            raise ValueError("--sticky-action-prob needs discrete actions; set it to 0 for continuous ones.")
+            raise runner.ConfigError("--sticky-action-prob needs discrete actions; set it to 0 for continuous ones.")
         env = envs.StickyActions(env, config.sticky_action_prob)
     if not discrete:
         env = envs.ClipAction(env)  # the Gaussian policy is unbounded; the env gets the clipped action
@@ -403,16 +403,16 @@ class LearnerState(NamedTuple):
 # TRAINING
 
 
-def make_train(config: Config, progress: Callable | None = None) -> runlog.Program:
-    """Build one learner's whole run as a `runlog.Program`: `make_train(config)(key) -> (LearnerState, metrics)`
-    runs it in one jittable scan over logged rows; `runlog.run_program` runs it in checkpointed chunks (init,
+def make_train(config: Config, progress: Callable | None = None) -> runner.Program:
+    """Build one learner's whole run as a `runner.Program`: `make_train(config)(key) -> (LearnerState, metrics)`
+    runs it in one jittable scan over logged rows; `runner.run_program` runs it in checkpointed chunks (init,
     then `update`, one logged row of steps_per_row agent steps, scanned).
 
-    Every hyperparameter is read from `config`; under `--sweep`, runlog calls this with the swept field traced.
+    Every hyperparameter is read from `config`; under `--sweep`, the runner calls this with the swept field traced.
     `progress`, if given, is called from inside the run every logged row. Bad configs raise here, before
     anything is compiled.
     """
-    sizes = derive_sizes(runlog.untraced(config))  # checks compare plain numbers
+    sizes = derive_sizes(runner.untraced(config))  # checks compare plain numbers
     env, env_params, action_spec = make_env(config)
     obs_shape = env.observation_space(env_params).shape
     conv = config.network == "cnn"
@@ -548,16 +548,22 @@ def make_train(config: Config, progress: Callable | None = None) -> runlog.Progr
         out = actor.apply(params["actor"], obs)
         return out.argmax() if action_spec.discrete else jnp.split(out, 2)[0]
 
-    return runlog.Program(init, update, sizes.num_rows, result=lambda carry: carry[0], act=evaluation_action)
+    def train(key):
+        """The whole run, one jittable function of a key: `jax.jit(jax.vmap(make_train(config)))(keys)`."""
+        carry, metrics = jax.lax.scan(update, init(key), jnp.arange(sizes.num_rows))
+        return carry[0], metrics
+
+    return runner.Program(init, update, sizes.num_rows, train, result=lambda carry: carry[0],
+                          act=evaluation_action)
 
 
-def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runlog.Policy:
+def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runner.Policy:
     """One seed's learned policy without exploration (greedy Q, or π's mode) from its checkpoint, for
     `scripts/evaluate.py`. It acts on fresh envs without the streaming wrappers: observations are normalized with
     the statistics the run ended with (frozen) and get the time feature, as the learner saw them. There is no
     final_return() to redo: the run's final_return is a training return."""
     if config.learner == "td":
-        raise ValueError("--learner td learns the values of a fixed random policy: it has no policy to evaluate.")
+        raise runner.ConfigError("--learner td learns the values of a fixed random policy: it has no policy to evaluate.")
     program = make_train(config)
     training_env, _, _ = make_env(config)
     env, env_params, _ = make_env(dataclasses.replace(config, normalize_observations=False, scale_rewards=False,
@@ -582,7 +588,7 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
     def act(t, obs, key):
         return program.act(checkpoint["params"], observe(obs, t)), t + 1
 
-    return runlog.Policy(env, env_params, act=act, start=lambda obs: jnp.int32(0))
+    return runner.Policy(env, env_params, act=act, start=lambda obs: jnp.int32(0))
 
 
 def final_training_return(metrics: dict[str, np.ndarray], fraction: float = 0.1) -> np.ndarray:
@@ -596,9 +602,9 @@ def final_training_return(metrics: dict[str, np.ndarray], fraction: float = 0.1)
 
 def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Train, write the run directory (one per swept value); return its summary (a list for a sweep)."""
-    config = runlog.parse_config(Config, PRESETS, args)
+    config = runner.parse_config(Config, PRESETS, args)
     sizes = derive_sizes(config)
-    training = runlog.train(NAME, config, make_train, sizes.total_steps, (sizes.sweep_name, sizes.sweep_values),
+    training = runner.train(NAME, config, make_train, sizes.total_steps, (sizes.sweep_name, sizes.sweep_values),
                             detail=f"stream {config.learner.upper()}(λ)")
     td = config.learner == "td"
     curve_key = "rms_error" if td else "episode_return"
@@ -614,10 +620,10 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
             f"step-size bound), a smaller --lr, or --scale-rewards and --normalize-observations if they are off."
         )
     if not config.quiet:
-        runlog.report(training, summaries, curve_key, curve_key, final="final training return",
+        runner.report(training, summaries, curve_key, curve_key, final="final training return",
                       extra=lambda s: f"; final RMS error {[round(e, 4) for e in s['final_rms_error']]}" if td else "")
     return training.returned(summaries)
 
 
 if __name__ == "__main__":
-    runlog.cli(main)
+    runner.cli(main)

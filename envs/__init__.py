@@ -4,7 +4,7 @@
     env, env_params = envs.make("CartPole-v1")          # or "Breakout-MinAtar", "brax/hopper", "dmc/CheetahRun"
     env = envs.EpisodeStatistics(envs.FlattenObservation(env))
 
-Robust RL (envs/robust.py, envs/adversary.py): physical parameters in the env params, uncertainty sets,
+Robust RL (envs/robust.py, envs/adversary.py, envs/robust_output.py): physical parameters in the env params, uncertainty sets,
 domain randomization, grid evaluation, and a two-player adversarial-force wrapper:
 
     uset = envs.uncertainty_set("hopper-2d")
@@ -16,6 +16,7 @@ This package is the only place that knows how an environment library works.
 """
 
 from envs.adversary import DEFAULT_ADVERSARY, AdversarialForces
+from envs.errors import ConfigError
 from envs.combination_lock import CombinationLock
 from envs.normalization import AddTimeFeature, NormalizeObservation, RunningMeanStd, ScaleReward
 from envs.registry import check_env_id, known_env_ids, make
@@ -31,6 +32,7 @@ from envs.robust import (
     uncertainty_set,
     with_dynamics,
 )
+from envs.robust_output import write_grid, write_method_grids
 from envs.spaces import require_continuous_actions, require_discrete_actions
 from envs.wrappers import (
     ClipAction,
@@ -52,6 +54,7 @@ __all__ = [
     "CombinationLock",
     "DEFAULT_ADVERSARY",
     "DiscountedReward",
+    "ConfigError",
     "DomainRandomization",
     "EpisodeStatistics",
     "FlattenObservation",
@@ -78,4 +81,6 @@ __all__ = [
     "reset_where",
     "uncertainty_set",
     "with_dynamics",
+    "write_grid",
+    "write_method_grids",
 ]

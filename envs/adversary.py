@@ -25,6 +25,7 @@ from gymnax.environments.classic_control.cartpole import EnvState as CartPoleSta
 from gymnax.environments.classic_control.pendulum import EnvState as PendulumState
 from gymnax.environments.classic_control.pendulum import Pendulum
 
+from envs.errors import ConfigError
 from envs.robust import _BRAX_LINK_ALIASES, base_env
 from envs.wrappers import Wrapper
 
@@ -128,7 +129,7 @@ def _brax_link_index(env, body: str) -> int:
     link = aliases.get(body, body)
     if not body or link not in names:
         known = [_BRAX_LINK_ALIASES.get(env.name, {}).get(n, n) for n in names if n]
-        raise ValueError(f"{env.name!r} has no body {body!r}; its bodies: {', '.join(known)}.")
+        raise ConfigError(f"{env.name!r} has no body {body!r}; its bodies: {', '.join(known)}.")
     return names.index(link)
 
 
@@ -141,14 +142,14 @@ class AdversarialForces(Wrapper):
 
     def __init__(self, env, bodies: tuple[str, ...] | None = None, max_force: float | None = None):
         if isinstance(env, Wrapper):
-            raise ValueError(
+            raise ConfigError(
                 "AdversarialForces must wrap the env from envs.make directly (it changes the physics step); "
                 "add EpisodeStatistics and other wrappers on top of it."
             )
         name = getattr(env, "name", type(env).__name__)
         if bodies is None or max_force is None:
             if name not in DEFAULT_ADVERSARY:
-                raise ValueError(
+                raise ConfigError(
                     f"No default adversary for {name!r} (defaults exist for {', '.join(DEFAULT_ADVERSARY)}): "
                     f"pass bodies=(...) and max_force=... ."
                 )
@@ -157,22 +158,22 @@ class AdversarialForces(Wrapper):
             max_force = default_max if max_force is None else max_force
         bodies = tuple(bodies)
         if not bodies:
-            raise ValueError("bodies must name at least one body.")
+            raise ConfigError("bodies must name at least one body.")
         if not float(max_force) > 0:
-            raise ValueError(f"max_force must be positive, got {max_force}.")
+            raise ConfigError(f"max_force must be positive, got {max_force}.")
         if isinstance(env, Pendulum):
             if bodies != ("pole",):
-                raise ValueError(f"Pendulum-v1 has one body, 'pole'; got bodies={bodies}.")
+                raise ConfigError(f"Pendulum-v1 has one body, 'pole'; got bodies={bodies}.")
             env = ForcedPendulum()
         elif isinstance(env, CartPole):
             if not set(bodies) <= {"pole", "cart"}:
-                raise ValueError(f"CartPole-v1's bodies are 'pole' and 'cart'; got bodies={bodies}.")
+                raise ConfigError(f"CartPole-v1's bodies are 'pole' and 'cart'; got bodies={bodies}.")
             env = ForcedCartPole(bodies)
         elif hasattr(env, "brax_env"):
             from envs.brax_adapter import FORCE_BACKENDS
 
             if env.brax_env.backend not in FORCE_BACKENDS:
-                raise ValueError(
+                raise ConfigError(
                     f"Adversarial forces need the generalized or mjx backend, not {env.brax_env.backend!r}: "
                     f"envs.make({name!r}, backend='generalized')."
                 )
@@ -181,11 +182,11 @@ class AdversarialForces(Wrapper):
         elif hasattr(env, "pg_env"):
             unknown = [body for body in bodies if body not in env.body_names[1:]]
             if unknown:
-                raise ValueError(f"{name!r} has no body {unknown[0]!r}; its bodies: {', '.join(env.body_names[1:])}.")
+                raise ConfigError(f"{name!r} has no body {unknown[0]!r}; its bodies: {', '.join(env.body_names[1:])}.")
             self._body_index = jnp.array([env.body_names.index(body) for body in bodies])
             self._num_bodies = len(env.body_names)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"Adversarial forces exist for Pendulum-v1, CartPole-v1, brax and dmc envs, not {name!r}."
             )
         super().__init__(env)

@@ -27,6 +27,8 @@ import numpy as np
 from flax import struct
 from gymnax.environments import spaces
 
+from envs.errors import ConfigError
+
 BACKENDS = ("generalized", "positional", "spring", "mjx")
 FORCE_BACKENDS = ("generalized", "mjx")  # backends that can apply external forces
 
@@ -164,7 +166,7 @@ class _ForcedPipeline:
 
     def __init__(self, brax_env, force):
         if brax_env.backend not in FORCE_BACKENDS:
-            raise ValueError(
+            raise ConfigError(
                 f"External forces need the generalized or mjx backend, not {brax_env.backend!r}: "
                 f"build the env with envs.make(..., backend='generalized') (or 'mjx')."
             )
@@ -229,9 +231,9 @@ def _quiet_brax():
 def make_brax(name: str, backend: str = "generalized", episode_length: int = 1000, **kwargs):
     """Build `brax/<name>` and return `(env, params)`; `kwargs` go to the brax env's constructor."""
     if backend not in BACKENDS:
-        raise ValueError(f"Unknown brax backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+        raise ConfigError(f"Unknown brax backend {backend!r}; use one of {', '.join(BACKENDS)}.")
     if int(episode_length) <= 0:
-        raise ValueError(f"episode_length must be a positive number of steps, got {episode_length}.")
+        raise ConfigError(f"episode_length must be a positive number of steps, got {episode_length}.")
     with _quiet_brax():
         import brax.envs
 

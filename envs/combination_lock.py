@@ -36,6 +36,8 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from envs.errors import ConfigError
+
 LOCK_PREFIX = "CombinationLock-H"
 LOCK_LENGTHS = tuple(range(1, 11))
 
@@ -60,7 +62,7 @@ class CombinationLock(environment.Environment[LockState, LockParams]):
     def __init__(self, length: int = 4, num_actions: int = 3):
         super().__init__()
         if length < 1 or num_actions < 2:
-            raise ValueError(f"CombinationLock needs length >= 1 and num_actions >= 2, got {length}, {num_actions}.")
+            raise ConfigError(f"CombinationLock needs length >= 1 and num_actions >= 2, got {length}, {num_actions}.")
         self.length = int(length)
         self.actions = int(num_actions)
 

@@ -38,6 +38,7 @@ import numpy as np
 from flax import struct
 from gymnax.environments import spaces
 
+from envs.errors import ConfigError
 from envs.wrappers import reset_where
 
 IMPLS = ("jax", "warp")
@@ -183,9 +184,9 @@ def _quiet_playground():
 def make_dmc(name: str, episode_length: int = 1000, impl: str = "jax", **config_overrides):
     """Build `dmc/<name>` and return `(env, params)`; `config_overrides` go to Playground's env config."""
     if impl not in IMPLS:
-        raise ValueError(f"Unknown MJX implementation {impl!r}; use one of {', '.join(IMPLS)}.")
+        raise ConfigError(f"Unknown MJX implementation {impl!r}; use one of {', '.join(IMPLS)}.")
     if int(episode_length) <= 0:
-        raise ValueError(f"episode_length must be a positive number of steps, got {episode_length}.")
+        raise ConfigError(f"episode_length must be a positive number of steps, got {episode_length}.")
     from envs.brax_adapter import _quiet_brax  # MuJoCo's model-compiler warnings, printed from C
 
     with _quiet_playground(), _quiet_brax():

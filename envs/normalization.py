@@ -17,6 +17,7 @@ import numpy as np
 from flax import struct
 from gymnax.environments import spaces
 
+from envs.errors import ConfigError
 from envs.wrappers import Wrapper
 
 
@@ -139,13 +140,13 @@ class AddTimeFeature(Wrapper):
     def __init__(self, env, time_limit: int):
         super().__init__(env)
         if time_limit < 1:
-            raise ValueError(f"time_limit must be at least 1, got {time_limit}.")
+            raise ConfigError(f"time_limit must be at least 1, got {time_limit}.")
         self.time_limit = int(time_limit)
 
     def observation_space(self, params):
         space = self._env.observation_space(params)
         if len(space.shape) != 1:
-            raise ValueError(f"AddTimeFeature needs flat observations, got shape {space.shape}: "
+            raise ConfigError(f"AddTimeFeature needs flat observations, got shape {space.shape}: "
                              f"wrap the env in FlattenObservation first.")
         low = np.append(np.broadcast_to(space.low, space.shape), -0.5)
         high = np.append(np.broadcast_to(space.high, space.shape), 0.5)

@@ -15,6 +15,8 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from envs.errors import ConfigError
+
 
 @struct.dataclass
 class RandomWalkState(environment.EnvState):
@@ -31,7 +33,7 @@ class RandomWalk(environment.Environment[RandomWalkState, RandomWalkParams]):
     def __init__(self, num_states: int = 19):
         super().__init__()
         if num_states < 1 or num_states % 2 == 0:
-            raise ValueError(f"num_states must be odd and positive (the walk starts in the middle), got {num_states}.")
+            raise ConfigError(f"num_states must be odd and positive (the walk starts in the middle), got {num_states}.")
         self.num_states = num_states
 
     @property

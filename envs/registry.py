@@ -24,6 +24,7 @@ import difflib
 import gymnax
 
 from envs.combination_lock import LOCK_PREFIX, lock_ids, make_lock
+from envs.errors import ConfigError
 from envs.wrappers import GameTimeLimit, HorizonCap
 
 BRAX_PREFIX = "brax/"
@@ -97,7 +98,7 @@ def split_horizon(env_id: str) -> tuple[str, int | None]:
     if not sep:
         return env_id, None
     if not horizon.isdigit() or int(horizon) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"Bad horizon in {env_id!r}: write {base}{HORIZON_SUFFIX}<H> with an integer H >= 1, e.g. "
             f"{base}{HORIZON_SUFFIX}200."
         )
@@ -113,7 +114,7 @@ def check_env_id(env_id: str) -> None:
     lowered = {k.lower(): k for k in known}
     close = [lowered[c] for c in difflib.get_close_matches(env_id.lower(), list(lowered), n=5, cutoff=0.4)]
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(
+    raise ConfigError(
         f"Unknown environment id {env_id!r}.{hint} Known ids: {', '.join(known)}."
     )
 
@@ -139,7 +140,7 @@ def make(env_id: str, *, time_limit: bool = True, **kwargs):
         return HorizonCap(env, horizon), env_params
     if not time_limit:
         if not env_id.endswith(MINATAR_SUFFIX):
-            raise ValueError(f"time_limit=False is for MinAtar ids (their original has no time limit), not "
+            raise ConfigError(f"time_limit=False is for MinAtar ids (their original has no time limit), not "
                              f"{env_id!r}: keep the time limit, or cap episodes with {env_id}{HORIZON_SUFFIX}<H>.")
         env, env_params = gymnax.make(env_id, **kwargs)
         env = GameTimeLimit(env, FREEWAY_GAME_STEPS if env_id == "Freeway" + MINATAR_SUFFIX else None)

@@ -38,6 +38,7 @@ from flax import struct
 from gymnax.environments.classic_control.cartpole import CartPole
 from gymnax.environments.classic_control.pendulum import Pendulum
 
+from envs.errors import ConfigError
 from envs.wrappers import Wrapper, reset_where
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def nominal_dynamics(env) -> dict[str, float]:
         values = {name: float(masses[index]) for name, index in _dmc_mass_bodies(env).items()}
         values["friction"] = _dmc_floor_friction(env)
         return values
-    raise ValueError(
+    raise ConfigError(
         f"{getattr(env, 'name', type(env).__name__)!r} has no physical parameters here. Environments with "
         f"parameters: Pendulum-v1, CartPole-v1, the brax ids (brax/hopper, ...) and the dmc ids (dmc/CheetahRun, ...)."
     )
@@ -151,7 +152,7 @@ def with_dynamics(env, params, values: Mapping[str, Any]):
         if _is_concrete(value):
             value = np.asarray(value)
             if not (np.all(np.isfinite(value)) and np.all(value > 0)):
-                raise ValueError(f"{name} must be positive and finite, got {value} (for {env.name!r}).")
+                raise ConfigError(f"{name} must be positive and finite, got {value} (for {env.name!r}).")
     if isinstance(env, Pendulum):
         fields = {"mass": "m", "length": "l"}
         return params.replace(**{fields[name]: value for name, value in values.items()})
@@ -232,7 +233,7 @@ class UncertaintySet:
         """`num_per_axis` evenly spaced values of each parameter over its range (ends included), shape
         (d, num_per_axis)."""
         if int(num_per_axis) < 2:
-            raise ValueError(f"num_per_axis must be at least 2 (both ends of each range), got {num_per_axis}.")
+            raise ConfigError(f"num_per_axis must be at least 2 (both ends of each range), got {num_per_axis}.")
         return np.stack([np.linspace(lo, hi, int(num_per_axis), dtype=np.float32) for lo, hi in zip(self.low, self.high)])
 
     def grid(self, num_per_axis: int) -> jax.Array:
@@ -252,7 +253,7 @@ class UncertaintySet:
         """Raise a ValueError naming each parameter outside the box (concrete values only)."""
         values = np.asarray(values, np.float64)
         if values.shape[-1:] != (self.dim,):
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name} has {self.dim} parameters {self.names}; got values of shape {values.shape}."
             )
         flat = values.reshape(-1, self.dim)
@@ -261,7 +262,7 @@ class UncertaintySet:
             nominal = np.isclose(flat[:, i], self.nominal[i], rtol=1e-6, atol=0.0)
             bad = flat[((flat[:, i] < lo - slack) | (flat[:, i] > hi + slack)) & ~nominal, i]
             if bad.size:
-                raise ValueError(
+                raise ConfigError(
                     f"{name}={bad[0]:g} is outside {self.name}'s range [{lo:g}, {hi:g}] (nominal "
                     f"{self.nominal[i]:g}). Pick a value inside "
                     f"(clip normalized points to [0, 1]), or use with_dynamics directly for other values."
@@ -272,7 +273,7 @@ class UncertaintySet:
         are checked against the box; traced ones (inside jit/vmap) are used as they are."""
         base = base_env(env)
         if getattr(base, "name", None) != self.env_id:
-            raise ValueError(
+            raise ConfigError(
                 f"Uncertainty set {self.name!r} is for {self.env_id!r}, not {getattr(base, 'name', base)!r}: "
                 f"build the env with envs.make({self.env_id!r})."
             )
@@ -366,7 +367,7 @@ def uncertainty_set(name: str) -> UncertaintySet:
     close = difflib.get_close_matches(name, list(UNCERTAINTY_SETS), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     with_sets = sorted({s.env_id for s in UNCERTAINTY_SETS.values()})
-    raise ValueError(
+    raise ConfigError(
         f"No uncertainty set named {name!r}.{hint} Sets exist for {', '.join(with_sets)}: "
         f"{', '.join(UNCERTAINTY_SETS)}. For another env or range, build UncertaintySet(...) yourself "
         f"from the names of envs.nominal_dynamics(env)."
@@ -395,7 +396,7 @@ class DomainRandomization(Wrapper):
         super().__init__(env)
         base = base_env(env)
         if getattr(base, "name", None) != uncertainty_set.env_id:
-            raise ValueError(
+            raise ConfigError(
                 f"Uncertainty set {uncertainty_set.name!r} is for {uncertainty_set.env_id!r}, not "
                 f"{getattr(base, 'name', base)!r}."
             )
@@ -452,7 +453,7 @@ def make_model_evaluator(env, env_params, uncertainty_set: UncertaintySet, polic
     per cell of a grid is drawn in QARL's authors' evaluation.
     """
     if int(num_steps) < 1 or int(num_episodes) < 1:
-        raise ValueError(f"num_steps and num_episodes must be at least 1, got {num_steps}, {num_episodes}.")
+        raise ConfigError(f"num_steps and num_episodes must be at least 1, got {num_steps}, {num_episodes}.")
     num_steps, num_episodes = int(num_steps), int(num_episodes)
     env_params = env_params.replace(max_steps_in_episode=num_steps)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from gymnax.environments import spaces
 
+from envs.errors import ConfigError
+
 
 def _describe(space) -> str:
     if isinstance(space, spaces.Discrete):
@@ -17,7 +19,7 @@ def require_discrete_actions(env, env_params, env_id: str, algorithm: str, alter
     """Return the number of actions, or raise a TypeError naming the space and the alternative."""
     space = env.action_space(env_params)
     if not isinstance(space, spaces.Discrete):
-        raise TypeError(
+        raise ConfigError(
             f"{algorithm} needs a discrete action space, but {env_id!r} has {_describe(space)}. "
             f"Pick a discrete environment (e.g. CartPole-v1, Breakout-MinAtar) or use {alternative}."
         )
@@ -28,7 +30,7 @@ def require_continuous_actions(env, env_params, env_id: str, algorithm: str, alt
     """Return the action dimension, or raise a TypeError naming the space and the alternative."""
     space = env.action_space(env_params)
     if not isinstance(space, spaces.Box):
-        raise TypeError(
+        raise ConfigError(
             f"{algorithm} needs a continuous (Box) action space, but {env_id!r} has {_describe(space)}. "
             f"Pick a continuous environment (e.g. Pendulum-v1, brax/hopper) or use {alternative}."
         )

@@ -14,6 +14,8 @@ from flax import struct
 from jax.custom_batching import custom_vmap
 from gymnax.environments import spaces
 
+from envs.errors import ConfigError
+
 
 class Wrapper:
     """Base class: holds the wrapped env and forwards attribute lookups to it."""
@@ -156,7 +158,7 @@ class StickyActions(Wrapper):
     def __init__(self, env, repeat_probability: float):
         super().__init__(env)
         if not 0.0 <= repeat_probability <= 1.0:
-            raise ValueError(f"repeat_probability must be in [0, 1], got {repeat_probability}.")
+            raise ConfigError(f"repeat_probability must be in [0, 1], got {repeat_probability}.")
         self.repeat_probability = float(repeat_probability)
 
     def reset(self, key, params=None):
@@ -212,7 +214,7 @@ class HorizonCap(Wrapper):
     def __init__(self, env, horizon: int):
         super().__init__(env)
         if int(horizon) < 1:
-            raise ValueError(f"horizon must be at least 1, got {horizon}.")
+            raise ConfigError(f"horizon must be at least 1, got {horizon}.")
         self.horizon = int(horizon)
 
     def reset(self, key, params=None):
@@ -250,7 +252,7 @@ class GameTimeLimit(Wrapper):
     def __init__(self, env, limit: int | None):
         super().__init__(env)
         if limit is not None and int(limit) < 1:
-            raise ValueError(f"limit must be at least 1 or None, got {limit}.")
+            raise ConfigError(f"limit must be at least 1 or None, got {limit}.")
         self.limit = NO_TIME_LIMIT if limit is None else int(limit)
 
     def game_params(self, params):

@@ -37,8 +37,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runlog.py, envs/, algorithms/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py, runlog.py, envs/, algorithms/
 
+import runner  # noqa: E402
 import runlog  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def random_policy_steps_per_second(env, env_params, num_envs: int, num_steps: in
         (_, total), _ = jax.lax.scan(body, (state, jnp.float32(0)), jax.random.split(key_steps, num_steps))
         return total
 
-    _, compile_seconds, seconds = runlog.compile_and_run(rollout, jax.random.PRNGKey(seed))
+    _, compile_seconds, seconds = runner.compile_and_run(rollout, jax.random.PRNGKey(seed))
     return (num_envs * num_steps / seconds, compile_seconds) if with_compile else num_envs * num_steps / seconds
 
 
@@ -87,7 +88,7 @@ def raw_playground_steps_per_second(pg_env, num_envs: int, num_steps: int, seed:
         (_, total), _ = jax.lax.scan(body, (state, jnp.float32(0)), jax.random.split(key, num_steps))
         return total
 
-    _, compile_seconds, seconds = runlog.compile_and_run(rollout, jax.random.PRNGKey(seed))
+    _, compile_seconds, seconds = runner.compile_and_run(rollout, jax.random.PRNGKey(seed))
     return num_envs * num_steps / seconds, compile_seconds
 
 
@@ -142,13 +143,13 @@ def main() -> None:
         cli += ["--preset", args.preset]
     if args.total_timesteps:
         cli += ["--total-timesteps", str(args.total_timesteps)]
-    config = runlog.parse_config(module.Config, module.PRESETS, cli)
+    config = runner.parse_config(module.Config, module.PRESETS, cli)
 
     # TRAINING THROUGHPUT
-    keys = runlog.seed_keys(config.seed, config.num_seeds)
-    train = runlog.vmap_seeds(module.make_train(config))
+    keys = runner.seed_keys(config.seed, config.num_seeds)
+    train = runner.vmap_seeds(module.make_train(config))
     t0 = time.perf_counter()
-    outputs, compile_seconds, train_seconds = runlog.compile_and_run(train, keys)
+    outputs, compile_seconds, train_seconds = runner.compile_and_run(train, keys)
     metrics = outputs[-1]  # train returns (..., metrics)
     # every env step the program takes (QARL: both players' phases; env_steps counts the protagonist's)
     env_steps = int(metrics.get("total_env_steps", metrics["env_steps"])[0, -1])

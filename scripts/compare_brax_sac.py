@@ -9,7 +9,7 @@ batch of 64 env steps), 256x256 actor and critics, lr 3e-4, γ 0.99, τ 0.005, r
 normalization, 2048 warm-up steps, a replay buffer that holds the whole run, seed 0, 5 evaluations of the
 deterministic policy on 8 envs (the last one is final_return).
 
-Timing. Ours: runlog.compile_and_run (compile excluded, the in-run evaluations included). Brax compiles
+Timing. Ours: runner.compile_and_run (compile excluded, the in-run evaluations included). Brax compiles
 and runs in one call, so its rate is taken between progress_fn calls: from the call after the first
 training epoch (everything compiled by then) to the last call; that window holds the later epochs and
 their evaluations (see "brax_timing" in the output); training_only_env_steps_per_second leaves the
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runlog.py, envs/, algorithms/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py, runlog.py, envs/, algorithms/
 
-import runlog  # noqa: E402
+import runner  # noqa: E402
 from algorithms import sac  # noqa: E402
 
 
@@ -55,9 +55,9 @@ def restore_device_put_replicated() -> None:
 
 
 def run_ours(config: sac.Config) -> dict:
-    train = runlog.vmap_seeds(sac.make_train(config))
-    (_, metrics), compile_seconds, train_seconds = runlog.compile_and_run(
-        train, runlog.seed_keys(config.seed, config.num_seeds))
+    train = runner.vmap_seeds(sac.make_train(config))
+    (_, metrics), compile_seconds, train_seconds = runner.compile_and_run(
+        train, runner.seed_keys(config.seed, config.num_seeds))
     env_steps = int(metrics["env_steps"][0, -1])
     return {
         "env_steps": env_steps,
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--total-timesteps", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = runlog.parse_config(sac.Config, sac.PRESETS, [
+    config = runner.parse_config(sac.Config, sac.PRESETS, [
         "--preset", "brax-inverted-pendulum", "--quiet",
         "--total-timesteps", str(args.total_timesteps), "--seed", str(args.seed)])
     if config.num_evals < 3:
@@ -137,7 +137,7 @@ def main() -> None:
         "brax_timing": "wall clock between progress_fn calls, from the one after the first training epoch "
                        "(compiles done) to the last; covers the later epochs and their evaluations "
                        "(training_only_env_steps_per_second: brax's training/walltime over the same epochs)",
-        "ours_timing": "runlog.compile_and_run: the whole jitted run (warm-up, training, evaluations), "
+        "ours_timing": "runner.compile_and_run: the whole jitted run (warm-up, training, evaluations), "
                        "compile excluded",
         "backend": jax.default_backend(),
         "cpu_count": __import__("os").cpu_count(),

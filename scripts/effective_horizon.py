@@ -42,9 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runlog.py, envs/, algorithms/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py, runlog.py, envs/, algorithms/
 
 import envs  # noqa: E402
+import runner  # noqa: E402
 import runlog  # noqa: E402
 from algorithms import pqn, sqirl  # noqa: E402
 
@@ -131,7 +132,7 @@ def run_pair(env_id: str, args, run_root: Path) -> dict:
     sqirl_summary = sqirl.main([*sqirl_flags, *common, "--run-dir", str(run_root / f"sqirl_{name}")])
     pqn_summary = pqn.main(["--preset", "minatar" if minatar else "cartpole", *common, "--run-dir",
                             str(run_root / f"pqn_{name}")])
-    config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, [*sqirl_flags, *common])
+    config = runner.parse_config(sqirl.Config, sqirl.PRESETS, [*sqirl_flags, *common])
     env, env_params, _ = sqirl.make_env(config)  # the same capped env, with sticky actions where used
     row = {
         "env_id": env_id,

@@ -42,11 +42,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # this checkout's runlog.py and envs/
+sys.path.insert(0, str(REPO))  # this checkout's runner.py, runlog.py and envs/
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import runner  # noqa: E402
 import runlog  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,19 +79,19 @@ def load_run(run_dir: Path, algorithm_file: str | None = None):
     if not hasattr(module, "trained_policy"):
         raise SystemExit(f"error: {path} has no trained_policy(config, checkpoint, seed_index): add one (see "
                          f"algorithms/pqn.py) to evaluate its runs.")
-    config = runlog.recorded_config(module.Config, run_dir, sweep="", quiet=True, resume=False, run_dir=str(run_dir))
+    config = runner.recorded_config(module.Config, run_dir, sweep="", quiet=True, resume=False, run_dir=str(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     return module, config, runlog.load_checkpoint(run_dir / "checkpoint.msgpack"), summary
 
 
-def spaces_of(policy: runlog.Policy):
+def spaces_of(policy: runner.Policy):
     """(observation shape, action space description) of a policy's env."""
     space = policy.env.action_space(policy.env_params)
     action = ("discrete", int(space.n)) if hasattr(space, "n") else ("continuous", tuple(space.shape))
     return tuple(policy.env.observation_space(policy.env_params).shape), action
 
 
-def episode_limit(policy: runlog.Policy, cap: int = 100_000) -> int:
+def episode_limit(policy: runner.Policy, cap: int = 100_000) -> int:
     return int(min(getattr(policy.env_params, "max_steps_in_episode", cap), cap))
 
 
@@ -98,7 +99,7 @@ def episode_limit(policy: runlog.Policy, cap: int = 100_000) -> int:
 # EPISODES
 
 
-def make_episodes(policy: runlog.Policy, num_steps: int):
+def make_episodes(policy: runner.Policy, num_steps: int):
     """A jitted `episodes(keys) -> (returns, lengths)`: one episode per key, acting with the policy from a fresh
     reset for at most num_steps steps (the return of an unfinished episode is its sum so far)."""
     env, params = policy.env, policy.env_params
@@ -266,7 +267,7 @@ def _convex_hull(points: np.ndarray) -> list[int]:
     return hull
 
 
-def record(policy: runlog.Policy, key, num_steps: int):
+def record(policy: runner.Policy, key, num_steps: int):
     """num_steps steps of the policy from a fresh reset, on through episode ends (the env resets itself): the env
     state before each step, the episode it belongs to (0, 1, ...) and that episode's return up to the step."""
     env, params = policy.env, policy.env_params
@@ -291,7 +292,7 @@ def record(policy: runlog.Policy, key, num_steps: int):
     return run(key)
 
 
-def render(policy: runlog.Policy, key, path: Path, title: str, num_frames: int, size: int, fps: int) -> int:
+def render(policy: runner.Policy, key, path: Path, title: str, num_frames: int, size: int, fps: int) -> int:
     """num_frames steps of the policy (several episodes if they are short) as an animated GIF at `path`."""
     import matplotlib
 
@@ -370,9 +371,9 @@ def main(argv: list[str] | None = None) -> dict:
             changes[name] = value
     eval_config = dataclasses.replace(config, **changes)
 
-    def policy_of(seed: int, cfg=eval_config) -> runlog.Policy:
+    def policy_of(seed: int, cfg=eval_config) -> runner.Policy:
         try:
-            return module.trained_policy(cfg, runlog.checkpoint_of_seed(checkpoint, seed), seed)
+            return module.trained_policy(cfg, runner.checkpoint_of_seed(checkpoint, seed), seed)
         except ValueError as error:  # the file's own checks (unknown env id, wrong action space)
             raise SystemExit(f"error: {error}") from None
 
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  f"{uset.env_id}.") from None
         stacked = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *grids)
         out.mkdir(parents=True, exist_ok=True)
-        table = runlog.write_method_grids(out, uset, {algorithm: stacked})
+        table = envs.write_method_grids(out, uset, {algorithm: stacked})
         report["grid"] = {"set": uset.name, "points_per_axis": args.grid_points, **table[algorithm]}
         print(f"grid {uset.name} ({args.grid_points} per axis): worst {table[algorithm]['worst_mean']:.1f}, "
               f"average {table[algorithm]['average_mean']:.1f} (mean over {len(seeds)} seed(s)); heatmap in {out}")

@@ -2,13 +2,14 @@
 
 For each of the six files and each kind of mistake (an unknown env id, an env with the wrong action space,
 sizes that do not fit together, a value out of its range) a case calls the file's `main([...flags])` as the
-command line does and checks what `python algorithms/pqn.py --gamma 1.5` ends with today: a ValueError (a
-TypeError for the action space) whose message is one line, names the flag (or the env id) and says what to
-pass instead.
+command line does and checks what `python algorithms/pqn.py --gamma 1.5` ends with today: a ConfigError (the
+one error class of bad input, which `runner.cli` prints as one line) whose message is one line, names the flag
+(or the env id) and says what to pass instead. Any other exception keeps its traceback on the command line
+(`test_a_bug_keeps_its_traceback`).
 
 "Nothing was compiled" is checked with a tripwire: for the length of each call `jax.jit` raises. Every program
 these files compile is made by a `jax.jit` call at run time (make_train returns plain functions that
-runlog.run_program, iwocs.run_iwocs and qarl's evaluations wrap; no module jits a function of its own at
+runner.run_program, iwocs.run_iwocs and qarl's evaluations wrap; no module jits a function of its own at
 import), so a run that got as far as compiling hits the tripwire first. It raises a BaseException, which no
 `except Exception` on the way can swallow. `test_the_tripwire_catches_a_good_config` shows that it fires for
 each file's default config, so a case that passes here did stop before compiling. Counting XLA compilations
@@ -20,6 +21,7 @@ before the tripwire is set (distrax jits functions at import).
 import jax
 import pytest
 
+import runner
 from algorithms import iwocs, pqn, qarl, sac, sqirl, stream_x
 
 MODULES = {"pqn": pqn, "sac": sac, "stream_x": stream_x, "sqirl": sqirl, "qarl": qarl, "iwocs": iwocs}
@@ -113,7 +115,7 @@ def named(flags: list[str], message: str) -> bool:
 
 @pytest.mark.parametrize("name, kind, flags, fix", CASES)
 def test_bad_input_fails_before_compiling_with_one_line_that_says_the_fix(name, kind, flags, fix, tripwire, tmp_path):
-    with pytest.raises((ValueError, TypeError), match=fix) as error:
+    with pytest.raises(runner.ConfigError, match=fix) as error:
         MODULES[name].main([*flags, "--quiet", "--run-dir", str(tmp_path / "run")])
     message = str(error.value)
     assert "\n" not in message, message
@@ -131,3 +133,19 @@ def test_the_tripwire_catches_a_good_config(name, tripwire, tmp_path):
     """The default config gets as far as compiling: the tripwire stops it there, so the cases above test it."""
     with pytest.raises(CompileReached):
         MODULES[name].main(["--quiet", "--run-dir", str(tmp_path / "run")])
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """`runner.cli` turns only a ConfigError into one line: any other exception raised before compiling (here a
+    TypeError from an edited make_train) reaches the user whole, with its traceback."""
+
+    def broken_make_train(config, progress=None):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(pqn, "make_train", broken_make_train)
+    monkeypatch.setattr("sys.argv", ["pqn.py", "--quiet", "--run-dir", "unused"])
+    with pytest.raises(TypeError, match="unsupported operand"):
+        runner.cli(pqn.main)
+    monkeypatch.setattr("sys.argv", ["pqn.py", "--gamma", "1.5"])
+    with pytest.raises(SystemExit, match=r"^error: gamma must be in \[0, 1\]"):
+        runner.cli(pqn.main)

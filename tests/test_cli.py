@@ -1,7 +1,7 @@
 """Every algorithm file runs as a script from the repository root: `--help`, and a tiny run of a copy
 saved under another name in algorithms/ (users copy files to make variants).
 
-The copies are made in a temporary checkout (its own algorithms/, with envs/ and runlog.py beside it), never
+The copies are made in a temporary checkout (its own algorithms/, with envs/, runner.py and runlog.py beside it), never
 in this repository's algorithms/, so the suite also passes on a read-only checkout. A file in algorithms/
 that is not one of the collection's (a user's own variant) is `--help`-checked, not trained: the suite
 cannot know its tiny settings (add them to TINY to have it trained here too)."""
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import runlog
+import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py") if p.stem != "__init__")
@@ -53,11 +53,13 @@ def test_help(name):
 
 
 def checkout_copy(tmp_path: Path) -> Path:
-    """A checkout in tmp_path: this repository's envs/ and runlog.py, and an empty algorithms/ to copy into."""
+    """A checkout in tmp_path: this repository's envs/, runner.py and runlog.py, and an empty algorithms/ to copy
+    into."""
     checkout = tmp_path / "checkout"
     (checkout / "algorithms").mkdir(parents=True)
     shutil.copytree(ROOT / "envs", checkout / "envs", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "runlog.py", checkout / "runlog.py")
+    for module in ("runner.py", "runlog.py"):
+        shutil.copy(ROOT / module, checkout / module)
     return checkout
 
 
@@ -95,8 +97,8 @@ def test_a_copy_resumes_under_its_own_name(tmp_path, monkeypatch):
     spec.loader.exec_module(module)
     flags = [*TINY["pqn"], "--num-checkpoints", "2", "--quiet", "--run-dir", str(tmp_path / "run")]
     with monkeypatch.context() as patch:
-        patch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=1))
-        with pytest.raises(runlog.RunInterrupted):
+        patch.setattr(runner, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
+        with pytest.raises(runner.RunInterrupted):
             module.main(flags)
     assert not (tmp_path / "run" / "summary.json").exists()
     summary = module.main(["--resume", str(tmp_path / "run"), "--quiet"])
@@ -104,30 +106,31 @@ def test_a_copy_resumes_under_its_own_name(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["algorithm"] == "pqn_variant"
 
 
-def test_a_file_imports_the_runlog_and_envs_of_its_own_checkout(tmp_path):
-    """A second checkout's file uses that checkout's runlog.py and envs/, whatever copy is installed (the
-    editable install points at this repository) and whatever the working directory."""
+def test_a_file_imports_the_runner_runlog_and_envs_of_its_own_checkout(tmp_path):
+    """A second checkout's file uses that checkout's runner.py, runlog.py and envs/, whatever copy is installed
+    (the editable install points at this repository) and whatever the working directory."""
     checkout = checkout_copy(tmp_path)
     shutil.copy(ROOT / "algorithms" / "pqn.py", checkout / "algorithms" / "pqn.py")
-    for path, marker in ((checkout / "runlog.py", "runlog"), (checkout / "envs" / "__init__.py", "envs")):
+    for path, marker in ((checkout / "runner.py", "runner"), (checkout / "runlog.py", "runlog"),
+                         (checkout / "envs" / "__init__.py", "envs")):
         with open(path, "a") as f:
             f.write(f"\nprint('{marker} of the second checkout')\n")
     result = subprocess.run([sys.executable, str(checkout / "algorithms" / "pqn.py"), "--help"], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "runlog of the second checkout" in result.stdout and "envs of the second checkout" in result.stdout
+    assert all(f"{marker} of the second checkout" in result.stdout for marker in ("runner", "runlog", "envs"))
 
 
 @pytest.mark.parametrize("script", ["benchmark", "bench_robust_envs", "compare_brax_sac", "effective_horizon",
                                     "evaluate"])
-def test_a_script_imports_the_runlog_and_envs_of_its_own_checkout(script, tmp_path):
-    """The same for the scripts: scripts/X.py of a second checkout imports that checkout's runlog.py and envs/."""
+def test_a_script_imports_the_runner_and_envs_of_its_own_checkout(script, tmp_path):
+    """The same for the scripts: scripts/X.py of a second checkout imports that checkout's runner.py and envs/."""
     checkout = checkout_copy(tmp_path)
     (checkout / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / f"{script}.py", checkout / "scripts")
     for name in ["__init__", *ALGORITHMS]:
         shutil.copy(ROOT / "algorithms" / f"{name}.py", checkout / "algorithms")
-    for path in (checkout / "runlog.py", checkout / "envs" / "__init__.py"):
+    for path in (checkout / "runner.py", checkout / "envs" / "__init__.py"):
         with open(path, "a") as f:
             f.write("\nprint('imported from the second checkout')\n")
     result = subprocess.run([sys.executable, str(checkout / "scripts" / f"{script}.py"), "--help"], cwd=tmp_path,

@@ -255,14 +255,15 @@ def test_stream_ac_trains_on_a_dmc_id_and_resumes_where_a_whole_run_ends(tmp_pat
     adapter): a run cut after its first chunk and resumed ends bit for bit where the whole run ends."""
     import functools
 
+    import runner
     import runlog
     from algorithms import stream_x
 
     flags = ["--preset", "dmc-cheetah-ac", "--env-id", "dmc/CartpoleBalance/horizon10", "--total-timesteps", "40",
              "--num-log-rows", "2", "--num-checkpoints", "2", "--quiet"]
     whole = stream_x.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=1))
-    with pytest.raises(runlog.RunInterrupted):
+    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
+    with pytest.raises(runner.RunInterrupted):
         stream_x.main([*flags, "--run-dir", str(tmp_path / "cut")])
     monkeypatch.undo()
     resumed = stream_x.main(["--resume", str(tmp_path / "cut"), "--quiet"])

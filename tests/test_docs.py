@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import runlog
+import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -60,7 +60,7 @@ def test_every_readme_command_parses():
         elif words[1].startswith("algorithms/"):
             name = Path(words[1]).stem
             module = import_module(f"algorithms.{copies.get(name, name)}")
-            runlog.parse_config(module.Config, module.PRESETS, words[2:])
+            runner.parse_config(module.Config, module.PRESETS, words[2:])
             checked += 1
         elif words[1] == "scripts/reproduce.py":
             reproduce = import_module("scripts.reproduce")
@@ -78,7 +78,7 @@ def test_every_readme_command_parses():
 # Words of how the project is developed, which a reader of the project cannot follow: the project speaks of itself.
 PROCESS_WORDS = re.compile(r"\.\./shared|the issue|issue \d+|issue's|this session|the reference sheet|"
                            r"\blent\b|no gpu has been", flags=re.I)
-SOURCES = [*PAGES, ROOT / "runlog.py", *sorted((ROOT / "algorithms").glob("*.py")),
+SOURCES = [*PAGES, ROOT / "runner.py", ROOT / "runlog.py", *sorted((ROOT / "algorithms").glob("*.py")),
            *sorted((ROOT / "envs").glob("*.py")), *sorted((ROOT / "scripts").glob("*.py"))]
 
 

@@ -32,11 +32,11 @@ def test_every_gymnax_id_is_known():
 
 def test_space_errors_name_the_space_and_the_alternative():
     env, params = envs.make("Pendulum-v1")
-    with pytest.raises(TypeError, match=r"Box\(shape=\(1,\)\).*SAC"):
+    with pytest.raises(envs.ConfigError, match=r"Box\(shape=\(1,\)\).*SAC"):
         envs.require_discrete_actions(env, params, "Pendulum-v1", "PQN", "SAC")
     env, params = envs.make("CartPole-v1")
     assert envs.require_discrete_actions(env, params, "CartPole-v1", "PQN", "SAC") == 2
-    with pytest.raises(TypeError, match=r"Discrete\(2\).*PQN"):
+    with pytest.raises(envs.ConfigError, match=r"Discrete\(2\).*PQN"):
         envs.require_continuous_actions(env, params, "CartPole-v1", "SAC", "PQN")
 
 

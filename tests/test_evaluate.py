@@ -5,7 +5,7 @@ is one line.
 
 Each algorithm trains once (tests/test_cli.py's TINY flags, one seed) for the whole module. The run computed
 its final evaluation inside its jitted training program; evaluate.py computes it in a program of its own, on
-the same episodes (runlog.final_eval_key, or the file's own keys). The two are different XLA programs, so
+the same episodes (runner.final_eval_key, or the file's own keys). The two are different XLA programs, so
 they may round differently, and a different rounding can flip a greedy action: the tolerance is loose enough
 for rounding (1e-4 relative) and the runs are unbatched (one seed) on both sides, where they agree exactly
 on the machines measured.
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import runlog
+import runner
 from tests.test_cli import TINY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -100,7 +100,7 @@ def test_render_draws_a_mujoco_body(tmp_path):
 
     env, params = envs.make("dmc/CartpoleBalance")
     env = envs.EpisodeStatistics(env)
-    policy = runlog.Policy(env, params, act=lambda memory, obs, key: (jax.numpy.ones(1), memory))
+    policy = runner.Policy(env, params, act=lambda memory, obs, key: (jax.numpy.ones(1), memory))
     frames = evaluate.render(policy, jax.random.PRNGKey(0), tmp_path / "body.gif", "cartpole", 3, 96, 10)
     image = np.asarray(Image.open(tmp_path / "body.gif").convert("RGB")).astype(int)
     assert frames == 3 and (np.abs(image - 255).sum(-1) > 30).mean() > 0.02  # more than a blank page

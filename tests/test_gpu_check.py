@@ -61,17 +61,17 @@ def test_a_step_past_its_limit_is_stopped_and_recorded():
 
 @pytest.mark.parametrize("entry", gpu_check.BENCHMARKS, ids=lambda b: f"{b[0]}-{b[1]}")
 def test_full_size_flags_make_valid_configs(entry):
-    import runlog
+    import runner
 
     algorithm, preset, total, extra = entry
     module = importlib.import_module(f"algorithms.{algorithm}")
     for num_seeds in (1, 16):
         args = ["--preset", preset, "--num-seeds", str(num_seeds), *(["--total-timesteps", str(total)] if total else []),
                 *extra, "--quiet"]
-        module.derive_sizes(runlog.parse_config(module.Config, module.PRESETS, args))  # raises on a bad config
+        module.derive_sizes(runner.parse_config(module.Config, module.PRESETS, args))  # raises on a bad config
     if algorithm == "pqn":  # the paper run
         for game in gpu_check.PAPER_GAMES:
-            config = runlog.parse_config(module.Config, module.PRESETS, [
+            config = runner.parse_config(module.Config, module.PRESETS, [
                 "--preset", "minatar", "--env-id", game, "--num-seeds", str(gpu_check.PAPER_SEEDS),
                 "--total-timesteps", "10000000"])
             module.derive_sizes(config)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import envs
+import runner
 import runlog
 from algorithms import iwocs
 
@@ -166,7 +167,7 @@ def test_robust_q_at_s0_is_in_return_units_under_a_reward_scale():
     unscaled rewards. Scale 4 divides the same Q by 4: exact in floating point, so bit-identical."""
     *_, bank, _ = random_bank()
     banks, values, keys = seed_axis(bank), jnp.array([[1.2, 0.8]]), jax.random.split(jax.random.PRNGKey(5), 1)
-    q = {scale: np.asarray(iwocs.make_pieces(runlog.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + [
+    q = {scale: np.asarray(iwocs.make_pieces(runner.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + [
         "--reward-scale", scale])).robust_q_at_start(banks, values, keys)) for scale in ("1", "4")}
     assert np.isfinite(q["1"]).all() and q["1"][0] != 0
     np.testing.assert_array_equal(q["4"], q["1"] / 4)
@@ -187,7 +188,7 @@ def test_search_value_runs_past_the_time_limit_to_the_discount_horizon(monkeypat
     monkeypatch.setattr(envs, "make_model_evaluator",
                         lambda *a, **k: calls["model"].append(a) or real_model(*a, **k))
     monkeypatch.setattr(envs, "make_grid_evaluator", lambda *a, **k: calls["grid"].append(a) or real_grid(*a, **k))
-    iwocs.make_pieces(runlog.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + ["--eval-episodes", "7"]))
+    iwocs.make_pieces(runner.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + ["--eval-episodes", "7"]))
     discounted, undiscounted = calls["model"][:2]
     assert isinstance(discounted[0], envs.DiscountedReward) and discounted[4] == 459 and discounted[5] == 3
     assert undiscounted[4] == 200  # the reported return stays the env's episode
@@ -201,7 +202,7 @@ def test_search_value_changes_with_the_horizon():
     banks, values, keys = seed_axis(bank), jnp.array([[1.2, 0.8]]), jax.random.split(jax.random.PRNGKey(5), 1)
 
     def value(flags):
-        pieces = iwocs.make_pieces(runlog.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + flags))
+        pieces = iwocs.make_pieces(runner.parse_config(iwocs.Config, iwocs.PRESETS, SMALL + flags))
         return np.asarray(pieces.model_value(banks, values, keys))
 
     default, explicit, cut = value([]), value(["--search-horizon", "459"]), value(["--search-horizon", "200"])
@@ -313,7 +314,7 @@ def test_resume_after_an_interrupted_iteration_ends_where_an_uninterrupted_run_e
     """Stopped after 2 stages (the DR policy and iteration 0), as a killed run would be; --resume continues it."""
     whole, summary = whole_run
     assert summary["iterations_trained"] == 2
-    with pytest.raises(runlog.RunInterrupted):
+    with pytest.raises(runner.RunInterrupted):
         iwocs.main(BASE + ["--epsilon", "0", "--run-dir", str(tmp_path)], stop_after_stages=2)
     assert [r["iteration"] for r in json.loads((tmp_path / "iterations.json").read_text())] == [0]
     assert not (tmp_path / "summary.json").exists()
@@ -404,5 +405,5 @@ def test_twin_unregularized_q_heads_and_one_with_the_flag():
         critic = iwocs.Critic(3, 8, 1, twin)
         params = critic.init(jax.random.PRNGKey(0), obs, action)
         assert critic.apply(params, obs, action)[1].shape == (heads,)
-    config = iwocs.runlog.parse_config(iwocs.Config, iwocs.PRESETS, ["--twin-plain-q"])
+    config = iwocs.runner.parse_config(iwocs.Config, iwocs.PRESETS, ["--twin-plain-q"])
     assert config.twin_plain_q is True and iwocs.Config().twin_plain_q is False

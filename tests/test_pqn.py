@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import envs
+import runner
 import runlog
 from algorithms import pqn
 
@@ -93,7 +94,7 @@ def test_conv3x3_is_a_valid_3x3_convolution():
 
 def tiny_td_loss(*flags):
     """td_loss of a tiny run's 2 updates (seed 0), straight from the program."""
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [*TINY, *flags])
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, [*TINY, *flags])
     return np.asarray(jax.jit(pqn.make_train(config))(jax.random.PRNGKey(0))[1]["td_loss"])
 
 
@@ -122,7 +123,7 @@ def test_norm_flags_build_the_authors_layers():
 
 def test_minatar_preset_divides_observations_by_255():
     assert pqn.PRESETS["minatar"].obs_divisor == 255.0 and pqn.PRESETS["cartpole"].obs_divisor == 1.0
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, ["--preset", "minatar"])
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, ["--preset", "minatar"])
     env, env_params, num_actions = pqn.make_env(config)
     obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
     assert set(np.unique(obs)) <= {0.0, 1.0}  # MinAtar's observations are 0/1 channels
@@ -157,7 +158,7 @@ def test_batch_norm_is_frozen_when_acting_and_evaluating_and_updated_when_learni
             return super().__call__(x, *args, **kwargs)
 
     monkeypatch.setattr(nn, "BatchNorm", RecordingBatchNorm)
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, [
         "--norm", "batch", "--norm-input", "--num-envs", "8", "--num-steps", "16", "--num-minibatches", "2",
         "--num-epochs", "2", "--num-eval-envs", "3", "--total-timesteps", "256", "--num-evals", "1", "--quiet"])
     program = pqn.make_train(config)
@@ -185,8 +186,8 @@ def test_batch_norm_resumes_exactly_and_is_checkpointed(tmp_path, monkeypatch):
     """As tests/test_resume_sweep.py, with BatchNorm everywhere: its running averages are in the saved state."""
     flags = [*TINY, "--norm", "batch", "--norm-input", "--num-seeds", "2", "--num-checkpoints", "4"]
     pqn.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=1))
-    with pytest.raises(runlog.RunInterrupted):
+    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
+    with pytest.raises(runner.RunInterrupted):
         pqn.main([*flags, "--run-dir", str(tmp_path / "cut")])
     monkeypatch.undo()
     pqn.main(["--resume", str(tmp_path / "cut"), "--quiet"])
@@ -213,7 +214,7 @@ def test_sweep_with_batch_norm(tmp_path, monkeypatch):
 
     stats = batch_stats("sweep")
     assert not np.array_equal(stats[0]["BatchNorm_0"]["mean"], stats[1]["BatchNorm_0"]["mean"])
-    run_program = runlog.run_program
+    run_program = runner.run_program
     monkeypatch.setattr(runlog, "run_program", lambda *args, sweep, **kwargs: run_program(
         *args, sweep=(sweep[0], (1e-3, 1e-3)), **kwargs))
     pqn.main([*flags, "--run-dir", str(tmp_path / "alone")])  # both slots 1e-3; directories keep their names
@@ -231,7 +232,7 @@ def test_presets_evaluate_as_the_authors():
 
 def test_greedy_evaluation_averages_every_finished_episode():
     """The scan against a plain loop over the same keys: every episode that ends in the window counts."""
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [])
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, [])
     env, env_params, _ = pqn.make_env(config)
     weights = jnp.array([[0.3, -0.2], [-0.1, 0.4], [0.5, -0.6], [-0.2, 0.1]])
     q_values = lambda obs: obs @ weights  # noqa: E731: a fixed, mediocre policy with episodes of many lengths
@@ -252,7 +253,7 @@ def test_greedy_evaluation_averages_every_finished_episode():
 
 
 def test_evaluation_every_5_percent_and_at_the_end(tmp_path):
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, [
         "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "1", "--num-epochs", "1",
         "--total-timesteps", str(41 * 32), "--num-eval-envs", "2", "--quiet"])
     _, metrics = jax.jit(pqn.make_train(config))(jax.random.PRNGKey(0))
@@ -290,7 +291,7 @@ def test_run_writes_all_outputs(tiny_run):
 
 def test_checkpoint_round_trip(tiny_run):
     run_dir, _ = tiny_run
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, [*TINY, "--num-seeds", "2"])
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, [*TINY, "--num-seeds", "2"])
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     state_shape, _ = jax.eval_shape(jax.vmap(pqn.make_train(config)), keys)
     target = {"params": state_shape.params, "opt_state": state_shape.opt_state}
@@ -307,7 +308,7 @@ def test_checkpoint_round_trip(tiny_run):
 
 
 def test_same_seed_same_result():
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, TINY)
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, TINY)
     train = jax.jit(pqn.make_train(config))
     (state_a, metrics_a) = train(jax.random.PRNGKey(3))
     (state_b, metrics_b) = train(jax.random.PRNGKey(3))
@@ -341,7 +342,7 @@ def test_batch_that_does_not_divide():
 
 
 def test_continuous_env_points_to_sac():
-    with pytest.raises(TypeError, match=r"discrete action space.*Pendulum-v1.*SAC"):
+    with pytest.raises(envs.ConfigError, match=r"discrete action space.*Pendulum-v1.*SAC"):
         pqn.main(["--env-id", "Pendulum-v1", "--quiet"])
 
 

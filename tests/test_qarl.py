@@ -16,7 +16,7 @@ import pytest
 from scipy import integrate, stats
 
 import envs
-import runlog
+import runner
 from algorithms import qarl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -108,17 +108,17 @@ def test_linear_schedule_reaches_the_target_at_two_thirds_then_stays_flat():
 @functools.lru_cache(maxsize=None)
 def tiny_train(flags=()):
     """One jitted tiny run per flag set, compiled once and shared by the tests."""
-    config = runlog.parse_config(qarl.Config, qarl.PRESETS, [*TINY, *flags])
-    return jax.jit(runlog.vmap_seeds(qarl.make_train(config)))
+    config = runner.parse_config(qarl.Config, qarl.PRESETS, [*TINY, *flags])
+    return jax.jit(runner.vmap_seeds(qarl.make_train(config)))
 
 
 def tiny_run(flags=()):
-    return tiny_train(tuple(flags))(runlog.seed_keys(0, 1))
+    return tiny_train(tuple(flags))(runner.seed_keys(0, 1))
 
 
 def test_learned_alpha_starts_at_0_005():
     for curriculum in ("self-paced", "rarl"):
-        config = runlog.parse_config(qarl.Config, qarl.PRESETS, [*TINY, "--curriculum", curriculum])
+        config = runner.parse_config(qarl.Config, qarl.PRESETS, [*TINY, "--curriculum", curriculum])
         state, _ = qarl.make_train(config).init(jax.random.PRNGKey(0))
         assert float(state.protagonist.log_alpha) == pytest.approx(-5.298, abs=1e-3)  # log 0.005, the authors' -5.30
         if curriculum == "rarl":
@@ -181,7 +181,7 @@ def test_determinism():
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
     # another seed is another run (the seed reaches the envs, the networks and the temperatures)
-    _, other = tiny_train(())(runlog.seed_keys(1, 1))
+    _, other = tiny_train(())(runner.seed_keys(1, 1))
     for key in ("episode_return", "temperature", "protagonist_critic_loss"):
         assert not np.array_equal(first[key], other[key], equal_nan=True), key
 
@@ -244,7 +244,7 @@ def written_grid_set(run_dir):
 
 @pytest.mark.parametrize("preset", list(qarl.PRESETS))
 def test_every_preset_builds(preset):
-    config = runlog.parse_config(qarl.Config, qarl.PRESETS, ["--preset", preset])
+    config = runner.parse_config(qarl.Config, qarl.PRESETS, ["--preset", preset])
     train = qarl.make_train(config)
     uset, _ = qarl.make_grid_evaluation(config)
     assert callable(train) and uset.env_id == config.env_id and uset.dim >= 1
@@ -259,8 +259,8 @@ def test_every_preset_builds(preset):
     (["--update-every", "0"], "update_every"),
 ])
 def test_bad_input_fails_before_compiling_with_the_fix(flags, message):
-    config = runlog.parse_config(qarl.Config, qarl.PRESETS, flags)
-    with pytest.raises((ValueError, TypeError), match=message.replace("-", r"\-")):
+    config = runner.parse_config(qarl.Config, qarl.PRESETS, flags)
+    with pytest.raises(envs.ConfigError, match=message.replace("-", r"\-")):
         qarl.make_train(config)
 
 

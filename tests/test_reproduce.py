@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import plot  # noqa: E402
 import reproduce  # noqa: E402
 
-import runlog  # noqa: E402
+import runner  # noqa: E402
 
 
 def test_iqm_by_hand():
@@ -65,7 +65,7 @@ def test_every_command_parses_at_every_scale(scale):
         assert runs and len({run.name for run in runs}) == len(runs)
         for run in runs:
             cmd = reproduce.command(run, figure.seeds[scale], Path("/tmp/unused"))
-            config = runlog.parse_config(module.Config, module.PRESETS, cmd[2:])
+            config = runner.parse_config(module.Config, module.PRESETS, cmd[2:])
             assert config.num_seeds == figure.seeds[scale]
 
 
@@ -151,7 +151,7 @@ def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
     for scale, envs in (("cpu", ["dmc/CartpoleBalance"]), ("full", ["dmc/CartpoleBalance", "dmc/CheetahRun"])):
         runs = figure.runs(scale)
         assert sorted({run.env for run in runs}) == envs and len(runs) == 4 * len(envs)
-        configs = [runlog.parse_config(qarl.Config, qarl.PRESETS, list(run.args)) for run in runs]
+        configs = [runner.parse_config(qarl.Config, qarl.PRESETS, list(run.args)) for run in runs]
         assert [(c.curriculum, c.adversary) for c in configs[:4]] == [
             ("self-paced", "on"), ("linear", "on"), ("rarl", "on"), ("self-paced", "off")]
         assert len({c.total_timesteps for c in configs}) == 1

@@ -1,7 +1,7 @@
 """`--resume RUN_DIR` ends exactly where an uninterrupted run ends, and `--sweep NAME=V1,V2,V3` (one vmapped
 program) runs each value as if it ran alone. Runs are tiny (tests/test_cli.py's TINY flags).
 
-Resume: a run with --num-checkpoints 4 is stopped after its first chunk (runlog.run_program's
+Resume: a run with --num-checkpoints 4 is stopped after its first chunk (runner.run_program's
 stop_after_chunks hook raises RunInterrupted where a killed process would stop), then `--resume` continues it;
 its checkpoint and metrics must equal the uninterrupted run's bit for bit (same compiled chunks, same inputs).
 """
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+import runner
 import runlog
 from tests.test_cli import ROOT, TINY, checkout_copy
 
@@ -52,8 +53,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(name, tmp_path, monkeypatch
     module = import_module(f"algorithms.{name}")
     flags = [*TINY[name], "--num-seeds", "2", "--num-checkpoints", "4", "--quiet"]
     module.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=1))
-    with pytest.raises(runlog.RunInterrupted):
+    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
+    with pytest.raises(runner.RunInterrupted):
         module.main([*flags, "--run-dir", str(tmp_path / "cut")])
     assert (tmp_path / "cut" / "resume.npz").exists() and not (tmp_path / "cut" / "summary.json").exists()
     monkeypatch.undo()
@@ -70,16 +71,16 @@ def test_resume_ends_where_an_uninterrupted_run_ends(name, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_a_swept_value_replaces_the_config_value_everywhere(name):
-    """What --sweep runs (the program built from `runlog.with_values(config, {name: traced value})`) keeps
+    """What --sweep runs (the program built from `runner.with_values(config, {name: traced value})`) keeps
     nothing of the config's own value: the traced program is the same whatever the config said."""
     module = import_module(f"algorithms.{name}")
     param, values = SWEEPS[name]
 
     def traced_program(config_value):
-        config = runlog.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet",
+        config = runner.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet",
                                                                      f"--{param.replace('_', '-')}", f"{config_value:g}"])
-        jaxpr = jax.make_jaxpr(lambda key, value: runlog.program_with(module.make_train, config, {param: value})(key))(
-            runlog.seed_keys(0, 1)[0], jax.numpy.float32(values[1]))
+        jaxpr = jax.make_jaxpr(lambda key, value: runner.program_with(module.make_train, config, {param: value})(key))(
+            runner.seed_keys(0, 1)[0], jax.numpy.float32(values[1]))
         return str(jaxpr)
 
     assert traced_program(values[0]) == traced_program(values[2])
@@ -90,32 +91,32 @@ def test_every_sweepable_name_is_read(name):
     """Each name in the file's SWEEPABLE reaches the computation when swept (runlog checks this before it
     compiles a sweep), and a name the computation never reads is refused with the fix."""
     module = import_module(f"algorithms.{name}")
-    config = runlog.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet"])
+    config = runner.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet"])
     program = module.make_train(config)
     for param in module.SWEEPABLE:
         if name == "stream_x" and param in ("kappa_policy", "entropy_coeff"):  # the actor's: stream AC only
-            config = runlog.parse_config(module.Config, module.PRESETS, ["--preset", "pendulum-ac", "--quiet"])
-        traced = jax.jit(lambda key, value: runlog.program_with(module.make_train, config, {param: value})(key)).trace(
-            runlog.seed_keys(0, 1)[0], jax.numpy.float32(getattr(config, param)))
-        assert runlog._unread_inputs(traced, {param: 0}, [param]) == [], param
-    unread = jax.jit(lambda key, value: program(key)).trace(runlog.seed_keys(0, 1)[0], jax.numpy.float32(1))
-    assert runlog._unread_inputs(unread, {"gamma": 0}, ["gamma"]) == ["gamma"]
+            config = runner.parse_config(module.Config, module.PRESETS, ["--preset", "pendulum-ac", "--quiet"])
+        traced = jax.jit(lambda key, value: runner.program_with(module.make_train, config, {param: value})(key)).trace(
+            runner.seed_keys(0, 1)[0], jax.numpy.float32(getattr(config, param)))
+        assert runner._unread_inputs(traced, {param: 0}, [param]) == [], param
+    unread = jax.jit(lambda key, value: program(key)).trace(runner.seed_keys(0, 1)[0], jax.numpy.float32(1))
+    assert runner._unread_inputs(unread, {"gamma": 0}, ["gamma"]) == ["gamma"]
 
 
 def test_sweep_errors_say_what_can_be_swept():
     with pytest.raises(ValueError, match="cannot be swept"):
-        runlog.parse_sweep("hidden_size=64,128", ("lr", "gamma"))
+        runner.parse_sweep("hidden_size=64,128", ("lr", "gamma"))
     with pytest.raises(ValueError, match="numbers separated by commas"):
-        runlog.parse_sweep("lr=fast", ("lr",))
-    assert runlog.parse_sweep("--lr=1e-3,3e-3", ("lr",)) == ("lr", (1e-3, 3e-3))
+        runner.parse_sweep("lr=fast", ("lr",))
+    assert runner.parse_sweep("--lr=1e-3,3e-3", ("lr",)) == ("lr", (1e-3, 3e-3))
 
 
 def test_resume_needs_a_run_directory(tmp_path):
     pqn = import_module("algorithms.pqn")
     with pytest.raises(SystemExit, match="no config.json"):
-        runlog.parse_config(pqn.Config, pqn.PRESETS, ["--resume", str(tmp_path)])
+        runner.parse_config(pqn.Config, pqn.PRESETS, ["--resume", str(tmp_path)])
     with pytest.raises(SystemExit, match="only --quiet"):
-        runlog.parse_config(pqn.Config, pqn.PRESETS, ["--resume", str(tmp_path), "--lr", "1"])
+        runner.parse_config(pqn.Config, pqn.PRESETS, ["--resume", str(tmp_path), "--lr", "1"])
 
 
 def test_sac_resumes_a_sweep_cut_after_learning_started_with_normalized_observations(tmp_path, monkeypatch):
@@ -126,8 +127,8 @@ def test_sac_resumes_a_sweep_cut_after_learning_started_with_normalized_observat
     flags = [*TINY["sac"], "--learning-starts", "50", "--normalize-observations", "--num-seeds", "2",
              "--num-checkpoints", "4", "--quiet", "--sweep", "critic_lr=1e-4,1e-3"]
     sac.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=2))
-    with pytest.raises(runlog.RunInterrupted):
+    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=2))
+    with pytest.raises(runner.RunInterrupted):
         sac.main([*flags, "--run-dir", str(tmp_path / "cut")])
     monkeypatch.undo()
     config = json.loads((tmp_path / "cut" / "config.json").read_text())
@@ -159,14 +160,14 @@ def test_every_sweepable_name_changes_the_run_and_each_value_runs_as_if_alone(na
     of a sweep through main: tests/test_cli.py's copied files.)
     """
     module = import_module(f"algorithms.{name}")
-    config = runlog.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet", *CHANGING.get(name, [])])
+    config = runner.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet", *CHANGING.get(name, [])])
     names = [p for p in module.SWEEPABLE if p not in ABSENT.get(name, ())]
     base = [float(getattr(config, p)) for p in names]
     altered = [ALTERED.get(name, {}).get(p, 0.1 * base[i]) for i, p in enumerate(names)]
 
     def run(values):
         sweep = {p: tuple(values(i, j) for j in range(len(names) + 1)) for i, p in enumerate(names)}
-        state, metrics, _, _ = runlog.run_program(module.make_train, config, runlog.seed_keys(0, 2), tmp_path,
+        state, metrics, _, _ = runner.run_program(module.make_train, config, runner.seed_keys(0, 2), tmp_path,
                                                   sweep=sweep)
         return state, metrics
 
@@ -199,8 +200,8 @@ def directory_bytes(directory):
 def cut_run(module, flags, run_dir, monkeypatch, chunks=1):
     """Run `module.main` and stop it after `chunks` of its checkpointed chunks, as a killed run stops."""
     with monkeypatch.context() as patch:
-        patch.setattr(runlog, "run_program", functools.partial(runlog.run_program, stop_after_chunks=chunks))
-        with pytest.raises(runlog.RunInterrupted):
+        patch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=chunks))
+        with pytest.raises(runner.RunInterrupted):
             module.main([*flags, "--run-dir", str(run_dir)])
     assert (run_dir / "resume.npz").exists()
 
@@ -282,14 +283,14 @@ def test_integer_fields_sweep_whole_values_recorded_exactly_and_switches_not_at_
         double_q: bool = True
         sweep: str = ""
 
-    configs = runlog.sweep_run_configs(tmp_path, Config(), "updates", (1.0, 4.0))
+    configs = runner.sweep_run_configs(tmp_path, Config(), "updates", (1.0, 4.0))
     assert [c.updates for c in configs.values()] == [1, 4] and all(type(c.updates) is int for c in configs.values())
     assert [d.name for d in configs] == ["updates=1", "updates=4"]
-    assert [c.lr for c in runlog.sweep_run_configs(tmp_path, Config(), "lr", (1e-4, 1.0)).values()] == [1e-4, 1.0]
+    assert [c.lr for c in runner.sweep_run_configs(tmp_path, Config(), "lr", (1e-4, 1.0)).values()] == [1e-4, 1.0]
     with pytest.raises(ValueError, match="updates is a whole number"):
-        runlog.sweep_run_configs(tmp_path, Config(), "updates", (1.0, 1.5))
+        runner.sweep_run_configs(tmp_path, Config(), "updates", (1.0, 1.5))
     with pytest.raises(ValueError, match="double_q is a switch"):
-        runlog.sweep_run_configs(tmp_path, Config(), "double_q", (0.0, 1.0))
+        runner.sweep_run_configs(tmp_path, Config(), "double_q", (0.0, 1.0))
 
 
 @pytest.mark.parametrize("field, values", [("num_epochs", "1,2"), ("eps_decay", "0.1,0.2")])
@@ -307,7 +308,7 @@ def test_a_swept_value_used_where_a_concrete_number_is_needed_is_one_line_and_wr
 def test_a_run_that_fails_before_its_first_update_leaves_no_directory(tmp_path, monkeypatch):
     """A failure between writing the run directories and the first update (here: in compiling) removes them."""
     pqn = import_module("algorithms.pqn")
-    real = runlog.run_program
+    real = runner.run_program
 
     def failing_compile(*args, before_compile, **kwargs):
         def write_then_fail():
@@ -346,14 +347,14 @@ def test_ctrl_c_stops_at_once_with_the_state_saved_and_prints_the_resume_command
     with np.load(run_dir / "resume.npz") as saved:
         done = int(saved["updates_done"])
     total = 20_000_000 // (32 * 64)  # the cartpole preset's updates: 32 envs x 64 steps each
-    length = total // runlog.num_chunks(total, 2000)
+    length = total // runner.num_chunks(total, 2000)
     assert 0 < done < total  # stopped long before the end, after a saved chunk
     assert f"the state after {done:,} of {total:,} updates is in" in stderr
     assert f"continue with: python algorithms/pqn.py --resume {run_dir}" in stderr
     with monkeypatch.context() as patch:  # what the printed command runs continues it: one more chunk, then a cut
-        patch.setattr(runlog, "run_program", functools.partial(runlog.run_program,
+        patch.setattr(runlog, "run_program", functools.partial(runner.run_program,
                                                                stop_after_chunks=done // length + 1))
-        with pytest.raises(runlog.RunInterrupted):
+        with pytest.raises(runner.RunInterrupted):
             import_module("algorithms.pqn").main(["--resume", str(run_dir), "--quiet"])
     with np.load(run_dir / "resume.npz") as saved:
         assert int(saved["updates_done"]) == done + length

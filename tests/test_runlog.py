@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import runner
 import runlog
 from algorithms import pqn
 
@@ -34,17 +35,17 @@ def test_quiet_progress_prints_nothing(tmp_path, capsys):
 
 
 def test_seed_keys_do_not_depend_on_the_number_of_seeds():
-    np.testing.assert_array_equal(runlog.seed_keys(7, 1)[0], runlog.seed_keys(7, 8)[0])
-    keys = runlog.seed_keys(7, 8)
+    np.testing.assert_array_equal(runner.seed_keys(7, 1)[0], runner.seed_keys(7, 8)[0])
+    keys = runner.seed_keys(7, 8)
     assert len({tuple(np.asarray(k)) for k in keys}) == 8
 
 
 def test_one_seed_unbatched_matches_the_batched_run():
-    config = runlog.parse_config(pqn.Config, pqn.PRESETS, ["--total-timesteps", "4096", "--num-evals", "1"])
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, ["--total-timesteps", "4096", "--num-evals", "1"])
     train = pqn.make_train(config)
-    keys = runlog.seed_keys(0, 2)
-    single_state, single = jax.jit(runlog.vmap_seeds(train))(keys[:1])
-    batched_state, batched = jax.jit(runlog.vmap_seeds(train))(keys)
+    keys = runner.seed_keys(0, 2)
+    single_state, single = jax.jit(runner.vmap_seeds(train))(keys[:1])
+    batched_state, batched = jax.jit(runner.vmap_seeds(train))(keys)
     assert single["td_loss"].shape == (1, 2) and batched["td_loss"].shape == (2, 2)
     # Same run, other matmul kernels: equal up to float rounding.
     np.testing.assert_allclose(single["td_loss"][0], batched["td_loss"][0], rtol=1e-3)
@@ -93,10 +94,10 @@ def test_wandb_logs_one_run_per_seed(tmp_path, monkeypatch):
 
 
 def test_schedule_note_says_how_steps_and_checkpoints_were_rounded():
-    assert runlog.schedule_note(8, 4, 4096, 4096) == "4,096 steps per seed, 4 checkpoints"
+    assert runner.schedule_note(8, 4, 4096, 4096) == "4,096 steps per seed, 4 checkpoints"
     # 10 checkpoints of 12 updates: 6 equal chunks; 5000 steps in whole updates of 512: 4,608
-    assert runlog.schedule_note(12, 10, 4608, 5000) == (
+    assert runner.schedule_note(12, 10, 4608, 5000) == (
         "4,608 steps per seed (--total-timesteps 5,000 rounded down to whole updates), 6 checkpoints "
         "(--num-checkpoints 10 rounded down to a divisor of the 12 updates)")
-    assert runlog.num_chunks(12, 10) == 6 and runlog.num_chunks(7, 10) == 7 and runlog.num_chunks(13, 10) == 1
-    assert runlog.schedule_note(13, 10) == "1 checkpoint (--num-checkpoints 10 rounded down to a divisor of the 13 updates)"
+    assert runner.num_chunks(12, 10) == 6 and runner.num_chunks(7, 10) == 7 and runner.num_chunks(13, 10) == 1
+    assert runner.schedule_note(13, 10) == "1 checkpoint (--num-checkpoints 10 rounded down to a divisor of the 13 updates)"

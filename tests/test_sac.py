@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+import envs
+import runner
 import runlog
 from algorithms import sac
 
@@ -58,7 +60,7 @@ def test_target_entropy_flag_reaches_the_temperature_loss():
     """--target-entropy-per-action-dim -0.5 on Pendulum (|A| = 1) is the same run as --target-entropy -0.5, bit for
     bit (the same float reaches the same loss), and a different run from the paper's default -|A|."""
     def alphas(flags):
-        config = runlog.parse_config(sac.Config, sac.PRESETS, TINY + flags)
+        config = runner.parse_config(sac.Config, sac.PRESETS, TINY + flags)
         _, metrics = jax.jit(sac.make_train(config))(jax.random.PRNGKey(0))
         return np.asarray(metrics["alpha"])
 
@@ -78,7 +80,7 @@ def test_critic_layer_norm_reaches_the_critics():
     assert sac.PRESETS["dmc-cheetah"].critic_layer_norm and not sac.Config().critic_layer_norm
 
     def critic_losses(flags):
-        config = runlog.parse_config(sac.Config, sac.PRESETS, TINY + flags)
+        config = runner.parse_config(sac.Config, sac.PRESETS, TINY + flags)
         _, metrics = jax.jit(sac.make_train(config))(jax.random.PRNGKey(0))
         return np.asarray(metrics["critic_loss"])
 
@@ -156,15 +158,15 @@ def test_run_outputs_and_checkpoint_with_normalizer(tmp_path):
     stats = raw["obs_stats"]
     assert np.asarray(stats["mean"]).shape == (2, 3)  # per seed, per observation dimension
     assert np.all(np.asarray(stats["count"]) > 500)  # the normalizer saw the observations
-    config = runlog.parse_config(sac.Config, sac.PRESETS, [*TINY, "--num-seeds", "2", "--normalize-observations"])
-    state_shape, _ = jax.eval_shape(jax.vmap(sac.make_train(config)), runlog.seed_keys(0, 2))
+    config = runner.parse_config(sac.Config, sac.PRESETS, [*TINY, "--num-seeds", "2", "--normalize-observations"])
+    state_shape, _ = jax.eval_shape(jax.vmap(sac.make_train(config)), runner.seed_keys(0, 2))
     restored = runlog.load_checkpoint(run_dir / "checkpoint.msgpack", state_shape._asdict())
     np.testing.assert_array_equal(restored["obs_stats"].mean, stats["mean"])
     assert restored["critic"]["params"]["Dense_0"]["kernel"].shape == (2, 2, 4, 32)  # seeds x twin critics
 
 
 def test_same_seed_same_result():
-    config = runlog.parse_config(sac.Config, sac.PRESETS, TINY)
+    config = runner.parse_config(sac.Config, sac.PRESETS, TINY)
     train = jax.jit(sac.make_train(config))
     state_a, metrics_a = train(jax.random.PRNGKey(1))
     state_b, metrics_b = train(jax.random.PRNGKey(1))
@@ -190,13 +192,13 @@ def test_preset_runs(preset, tmp_path):
 
 @pytest.mark.parametrize("preset", list(sac.PRESETS))
 def test_every_preset_builds(preset):
-    config = runlog.parse_config(sac.Config, sac.PRESETS, ["--preset", preset])
+    config = runner.parse_config(sac.Config, sac.PRESETS, ["--preset", preset])
     assert callable(sac.make_train(config))
 
 
 def test_brax_hopper_preset_traces_whole():
     """The brax-hopper run at tiny sizes, traced end to end (jax.eval_shape: no compile): metrics per row."""
-    config = runlog.parse_config(sac.Config, sac.PRESETS, [
+    config = runner.parse_config(sac.Config, sac.PRESETS, [
         "--preset", "brax-hopper", "--total-timesteps", "512", "--learning-starts", "256", "--num-evals", "1",
         "--num-eval-envs", "2", "--quiet"])
     state, metrics = jax.eval_shape(sac.make_train(config), jax.random.PRNGKey(0))
@@ -206,7 +208,7 @@ def test_brax_hopper_preset_traces_whole():
 
 
 def test_discrete_env_points_to_pqn():
-    with pytest.raises(TypeError, match=r"continuous.*CartPole-v1.*PQN"):
+    with pytest.raises(envs.ConfigError, match=r"continuous.*CartPole-v1.*PQN"):
         sac.main(["--env-id", "CartPole-v1", "--quiet"])
 
 

@@ -29,6 +29,7 @@ from tests.test_cli import ALGORITHMS, ROOT, TINY
 RUN_ALL = """
 import json, sys
 import jax, numpy as np
+import runner
 import runlog
 from importlib import import_module
 
@@ -44,9 +45,9 @@ for name, flags in tiny.items():
                    and "memory" not in k}
         out[name] = {"devices": len(jax.devices()), "metrics": json.loads(json.dumps(numbers, default=float))}
         continue
-    config = runlog.parse_config(module.Config, module.PRESETS, [*flags, "--num-seeds", "4", "--quiet"])
-    keys = runlog.seed_keys(0, 4)
-    _, metrics = jax.jit(runlog.vmap_seeds(module.make_train(config)))(keys)[:2]
+    config = runner.parse_config(module.Config, module.PRESETS, [*flags, "--num-seeds", "4", "--quiet"])
+    keys = runner.seed_keys(0, 4)
+    _, metrics = jax.jit(runner.vmap_seeds(module.make_train(config)))(keys)[:2]
     first = jax.tree.leaves(metrics)[0]
     flat = jax.tree_util.tree_flatten_with_path(metrics)[0]
     out[name] = {"devices": len(first.sharding.device_set),
@@ -107,19 +108,20 @@ def test_sharded_seeds_match_one_device(results, name):
 RESUME_ON_4_DEVICES = """
 import functools, sys
 import jax, numpy as np
+import runner
 import runlog
 from algorithms import pqn
 
 out = sys.argv[1]
 flags = ["--total-timesteps", "8192", "--num-evals", "1", "--num-seeds", "4", "--num-checkpoints", "4", "--quiet"]
 pqn.main([*flags, "--run-dir", out + "/whole"])
-uninterrupted = runlog.run_program
-runlog.run_program = functools.partial(uninterrupted, stop_after_chunks=2)  # as if killed after 2 of 4 chunks
+uninterrupted = runner.run_program
+runner.run_program = functools.partial(uninterrupted, stop_after_chunks=2)  # as if killed after 2 of 4 chunks
 try:
     pqn.main([*flags, "--run-dir", out + "/cut"])
-except runlog.RunInterrupted:
+except runner.RunInterrupted:
     pass
-runlog.run_program = uninterrupted
+runner.run_program = uninterrupted
 pqn.main(["--resume", out + "/cut", "--quiet"])
 sweep = pqn.main([*flags, "--sweep", "lr=1e-4,3e-4", "--run-dir", out + "/sweep"])
 whole, cut = (jax.tree.leaves(runlog.load_checkpoint(f"{out}/{name}/checkpoint.msgpack")) for name in ("whole", "cut"))
@@ -137,7 +139,7 @@ def test_sharded_run_resumes_and_sweeps_through_main(tmp_path):
 
 
 def test_seed_count_that_does_not_divide_the_devices_fails_with_the_fix():
-    code = "import runlog; runlog.seed_keys(0, 6)"
+    code = "import runner; runner.seed_keys(0, 6)"
     env = cpu_env(4)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "use a multiple of 4" in result.stderr

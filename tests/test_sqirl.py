@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import envs
+import runner
 import runlog
 from algorithms import sqirl
 
@@ -128,7 +129,7 @@ def test_k_one_below_the_lock_fails_where_k_equal_opens(tmp_path):
 
 @pytest.fixture(scope="module")
 def lock_train():
-    config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, ["--episodes-per-iteration", "512"])
+    config = runner.parse_config(sqirl.Config, sqirl.PRESETS, ["--episodes-per-iteration", "512"])
     return config, jax.jit(sqirl.make_train(config))(jax.random.PRNGKey(0))
 
 
@@ -177,7 +178,7 @@ def test_gradient_steps_follow_the_authors_rule(lock_train):
 def test_an_iteration_without_new_transitions_still_trains():
     """H = 4 on a 2-digit lock: iterations 2 and 3 store nothing (every episode has ended by t = 2), yet
     train on the buffer, which they leave as it is (one ring slot: it keeps the last data stored)."""
-    config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, [
+    config = runner.parse_config(sqirl.Config, sqirl.PRESETS, [
         "--env-id", "CombinationLock-H2", "--horizon", "4", "--episodes-per-iteration", "64",
         "--replay-iterations", "1", "--num-epochs", "4"])
     _, snapshots, metrics = jax.jit(sqirl.make_train(config))(jax.random.PRNGKey(0))
@@ -216,7 +217,7 @@ def test_steps_to_solve_of_a_one_digit_lock(tmp_path):
 
 def test_the_horizon_follows_the_lock():
     def horizon(*flags):
-        config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, list(flags))
+        config = runner.parse_config(sqirl.Config, sqirl.PRESETS, list(flags))
         env, _, _ = sqirl.make_env(config)
         assert env.horizon == sqirl.derive_sizes(config).horizon
         return env.horizon
@@ -231,7 +232,7 @@ def test_the_horizon_follows_the_lock():
 
 
 def test_budget_stops_iterations_and_later_timesteps_use_the_latest_network():
-    config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, ["--env-id", "CartPole-v1", "--horizon", "20",
+    config = runner.parse_config(sqirl.Config, sqirl.PRESETS, ["--env-id", "CartPole-v1", "--horizon", "20",
                                                              "--episodes-per-iteration", "4",
                                                              "--total-timesteps", "300", "--num-evals", "20"])
     _, _, metrics = jax.jit(sqirl.make_train(config))(jax.random.PRNGKey(1))
@@ -268,7 +269,7 @@ def test_every_preset_runs(preset, tmp_path):
 
 
 def test_same_seed_same_result():
-    config = runlog.parse_config(sqirl.Config, sqirl.PRESETS, ["--preset", "cartpole", *TINY])
+    config = runner.parse_config(sqirl.Config, sqirl.PRESETS, ["--preset", "cartpole", *TINY])
     train = jax.jit(sqirl.make_train(config))
     state_a, snapshots_a, metrics_a = train(jax.random.PRNGKey(3))
     state_b, snapshots_b, metrics_b = train(jax.random.PRNGKey(3))
@@ -288,7 +289,7 @@ def test_fewer_than_one_head():
 
 
 def test_continuous_env_points_to_sac():
-    with pytest.raises(TypeError, match=r"discrete action space.*Pendulum-v1.*SAC"):
+    with pytest.raises(envs.ConfigError, match=r"discrete action space.*Pendulum-v1.*SAC"):
         sqirl.main(["--env-id", "Pendulum-v1", "--quiet"])
 
 
