@@ -817,8 +817,7 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
         return low + 0.5 * (action + 1.0) * (high - low), memory
 
     def final_return():
-        grid = make_pieces(config).grid_robust(jax.tree.map(lambda x: x[None], bank),
-                                               jax.random.fold_in(jax.random.PRNGKey(config.seed), 99))
+        grid = make_pieces(config).grid_robust(jax.tree.map(lambda x: x[None], bank), runner.final_eval_key(config.seed))
         return grid.worst[0]
 
     return runner.Policy(env, env_params, act=robust_act, start=lambda obs: init(bank, obs), final_return=final_return)
@@ -867,10 +866,13 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
         say(f"--resume: no saved state in {run_dir} (it stopped before its first stage): starting it from the beginning.")
     state = load_state(state_path) if config.resume and state_path.exists() else None
     started = time.perf_counter() - (state["seconds"] if state else 0.0)
+    # The stages' programs compile on their first call: the seconds JAX spends on that, counted as it happens
+    compiled_before = runner.compile_seconds() - (state.get("compile_seconds", 0.0) if state else 0.0)
 
     def stage_done(**changes):
         """Save the state after a stage (DR policy, loop iteration, baseline); stop here if the test asks to."""
-        state.update(changes, stages_done=state["stages_done"] + 1, seconds=time.perf_counter() - started)
+        state.update(changes, stages_done=state["stages_done"] + 1, seconds=time.perf_counter() - started,
+                     compile_seconds=runner.compile_seconds() - compiled_before)
         save_state(state_path, state)
         if stop_after_stages is not None and state["stages_done"] >= stop_after_stages:
             raise runner.RunInterrupted(f"stopped after {state['stages_done']} stages")
@@ -901,6 +903,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
             "robust_q_s0": [float(q) if np.isfinite(q) else None for q in robust_q],
             "gap": [float(g) if np.isfinite(g) else None for g in gap], "stopped": stopped.tolist(),
             "rho": np.asarray(bank.models.rho[:, :i]).tolist(), "seconds": time.perf_counter() - started,
+            "compile_seconds": runner.compile_seconds() - compiled_before,
         })
         runlog.write_json(run_dir / "iterations.json", records)
         runlog.save_checkpoint(run_dir / "checkpoint.msgpack", bank._asdict())
@@ -925,7 +928,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
         metrics = {k: np.concatenate([v, np.asarray(new_metrics[k])], axis=1) for k, v in state["metrics"].items()}
         stage_done(iteration=i + 1, bank=bank, stopped=stopped, found=found, records=records, env_steps=env_steps,
                    metrics=metrics)
-    iwocs_seconds = records[-1]["seconds"]
+    iwocs_seconds, compile_seconds = records[-1]["seconds"], records[-1].get("compile_seconds", 0.0)
 
     # BASELINES: DR and nominal SAC with the same total budget
     baselines = (("DR SAC", True, 500), ("nominal SAC", False, 501)) if config.baselines else ()
@@ -938,7 +941,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
             stage_done(baselines={**state["baselines"], name: agents})
 
     # EVALUATION over the grid: IWOCS, its DR fallback and the baselines
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 99)
+    eval_key = runner.final_eval_key(config.seed)  # the episodes of every seed's final evaluation, from --seed
     grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
              "DR (IWOCS's fallback)": pieces.grid_plain(bank.fallback, eval_key)}
     grids |= {name: pieces.grid_plain(state["baselines"][name], eval_key) for name, *_ in baselines}
@@ -948,7 +951,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     iwocs_name = next(iter(grids))
     summary = runlog.finish_run(
         run_dir, config, NAME, state["metrics"], final_return=np.asarray(grids[iwocs_name].worst),
-        checkpoint=bank._asdict(), compile_seconds=0.0, train_seconds=iwocs_seconds,
+        checkpoint=bank._asdict(), compile_seconds=compile_seconds, train_seconds=iwocs_seconds - compile_seconds,
         extra_summary={"final_return_is": "worst-case return over the evaluation grid",
                        "iterations_trained": len(records) - 1, "results": table,
                        "total_seconds": round(time.perf_counter() - started, 1)},

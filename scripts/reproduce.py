@@ -194,13 +194,20 @@ def qarl_dmc(scale: str) -> list[Run]:
     """The paper's dm_control comparison on cartpole balance (and cheetah run at full scale), every variant with
     the same protagonist budget. CPU: 12 of the authors' 200 iterations (5 + 5 episodes of 500 steps each):
     QARL on dmc-cartpole ran 213 env steps/s with 5 seeds on the 2-core CPU, so 4 variants x 5 seeds x 12
-    iterations take about 90 minutes."""
+    iterations take about 90 minutes.
+
+    The CPU scale keeps the curricula's shape. The linear schedule already scales with the run (its target at
+    2/3 of the iterations). The self-paced one is paced by its updates: the authors' (one per 30 episodes, 3
+    iterations, KL <= 0.5 each) need 13 updates, 39 of their 200 iterations (20%), to bring k from 50 to the
+    target 1 when the return bound holds; at 12 iterations, one update per iteration (--curriculum-batch 10)
+    with KL <= 16 needs 3 (25%), so k ends near its target as theirs does rather than at 27 after 4 updates."""
     tasks = _pick(scale, ("cartpole",), ("cartpole",), ("cartpole", "cheetah"))
     env_ids = {"cartpole": "dmc/CartpoleBalance", "cheetah": "dmc/CheetahRun"}
     extra = _pick(scale, ("--total-timesteps", "500", "--phase-steps", "50", "--learning-starts", "100",
                           "--actor-starts", "200", "--batch-size", "32", "--hidden-size", "16", "--num-evals", "1",
                           "--grid-points", "3", "--final-eval-episodes", "2", "--curriculum-batch", "10"),
-                  ("--total-timesteps", str(12 * 5 * 500), "--num-evals", "12"), ())
+                  ("--total-timesteps", str(12 * 5 * 500), "--num-evals", "12", "--curriculum-batch", "10",
+                   "--kl-bound", "16"), ())
     return [Run(f"{task}-{name}", "qarl", ("--preset", f"dmc-{task}", *extra, *flags), env_ids[task], label)
             for task in tasks for name, (flags, label) in QARL_VARIANTS.items()]
 

@@ -6,6 +6,7 @@ in this repository's algorithms/, so the suite also passes on a read-only checko
 that is not one of the collection's (a user's own variant) is `--help`-checked, not trained: the suite
 cannot know its tiny settings (add them to TINY to have it trained here too)."""
 
+import csv
 import functools
 import importlib.util
 import json
@@ -148,3 +149,50 @@ def test_bad_input_is_one_line_on_the_command_line(name, tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: gamma must be in"), result.stderr[-500:]
     assert not (tmp_path / "run").exists()
+
+
+LOOP_MAIN = '''
+
+# A Python outer loop over the jitted update, as purejaxql's simplified scripts are written, with the run output
+# module for the run directory (no runner.train: no chunks, resume or sweep).
+import runlog  # noqa: E402
+
+
+def main(args=None):
+    config = runner.parse_config(Config, PRESETS, args)
+    program = make_train(config)
+    run_dir = runlog.run_path(config, NAME)
+    runlog.start_run(run_dir, config, NAME)
+    update = jax.jit(program.update)
+    carry = jax.jit(program.init)(jax.random.PRNGKey(config.seed))
+    rows = []
+    for index in range(program.num_updates):
+        carry, metrics = update(carry, index)
+        rows.append(jax.device_get(metrics))
+    metrics = {key: np.stack([row[key] for row in rows])[None] for key in rows[0]}  # [1 seed, updates]
+    state = program.result(carry)
+    return runlog.finish_run(run_dir, config, NAME, metrics, final_return=metrics["eval_return"][:, -1],
+                             checkpoint={"params": state.params}, compile_seconds=0.0, train_seconds=1.0)
+
+
+if __name__ == "__main__":
+    runner.cli(main)
+'''
+
+
+def test_a_copy_with_a_python_outer_loop_still_writes_a_run(tmp_path):
+    """pqn.py copied and given a plain Python loop over its jitted `update` in place of runner.train writes the
+    same kind of run directory through runlog alone: the program's pieces are usable without the harness."""
+    checkout = checkout_copy(tmp_path)
+    source = (ROOT / "algorithms" / "pqn.py").read_text()
+    source = source[:source.index("def main(")] + LOOP_MAIN.lstrip("\n")
+    (checkout / "algorithms" / "pqn_loop.py").write_text(source)
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "algorithms/pqn_loop.py", *TINY["pqn"], "--run-dir", str(run_dir)],
+                            cwd=checkout, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["algorithm"] == "pqn_loop" and summary["env_steps"] == 4096
+    rows = list(csv.DictReader(open(run_dir / "metrics_seed0.csv")))
+    assert [int(row["env_steps"]) for row in rows] == [2048, 4096]  # 2 updates of 32 envs x 64 steps
+    assert float(rows[-1]["eval_return"]) == summary["final_return"][0] > 0
