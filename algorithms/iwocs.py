@@ -20,8 +20,9 @@ Run (from the repository root):
     python algorithms/iwocs.py --resume runs/iwocs_Pendulum-v1_... # continue from the last finished stage
 
 Outputs in the run directory: iterations.json (per iteration and seed: the worst-case parameters found,
-their discounted value V(s0) and undiscounted return, the robust Q at s0 / reward_scale, the gap, ρ_j, stopped; rewritten
-after every iteration together with checkpoint.msgpack, so a crash loses at most one iteration),
+their discounted value V(s0) and undiscounted return, the robust Q at s0 / reward_scale, each model's Q_j(s0),
+how often the DR fallback acted on the worst case, the gap, ρ_j, stopped; rewritten after every iteration
+together with checkpoint.msgpack, so a crash loses at most one iteration),
 metrics_seed<i>.csv and curve.png (the SAC runs one after another, env_steps counted across them),
 results.json / results.md (worst-case and average return over the 10-per-axis grid, eval_episodes
 episodes per point, for IWOCS, the DR policy and a nominal SAC policy, each trained with the same total
@@ -131,8 +132,9 @@ class Config:
     """Steps of each search episode, the env's time limit lifted to it, so that V(s0) is the infinite-horizon
     discounted value the robust Q estimates (training bootstraps at time limits). 0: the smallest H with
     γ^H <= 0.01, and at least the env's time limit (pendulum: 459; brax: 1000)."""
-    search_grid_per_axis: int = 10
-    """Grid points per axis for --search grid."""
+    search_grid_per_axis: int = 9
+    """Grid points per axis for --search grid: another lattice than the evaluation's 10 per axis (they share only
+    the box's ends), so that IWOCS* is not searched on the very models it is then evaluated on."""
     eval_grid_per_axis: int = 10
     """Grid points per axis for the final evaluation table and heatmap."""
     eval_episodes: int = 30
@@ -495,8 +497,8 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
     obs_dim = base.observation_space(env_params).shape[0]
     actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
     critic_net = Critic(obs_dim, config.hidden_size, config.num_layers, config.twin_plain_q)
-    actor_opt, critic_opt, alpha_opt = (optax.adam(config.actor_lr), optax.adam(config.critic_lr),
-                                        optax.adam(config.alpha_lr))
+    actor_optimizer, critic_optimizer, alpha_optimizer = (optax.adam(config.actor_lr), optax.adam(config.critic_lr),
+                                                          optax.adam(config.alpha_lr))
     target_entropy = -float(action_dim)
     iterations = num_steps // config.num_envs
     random_iterations = config.learning_starts // config.num_envs
@@ -533,7 +535,7 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
 
         (_, (soft_loss, plain_loss, dynamics_loss)), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
             state.critic)
-        updates, critic_opt_state = critic_opt.update(grads, state.critic_opt)
+        updates, critic_opt = critic_optimizer.update(grads, state.critic_opt)
         critic_params = optax.apply_updates(state.critic, updates)
 
         # UPDATE ACTOR (against the new soft critics), then TEMPERATURE
@@ -543,16 +545,16 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
             return (alpha * log_prob - soft_q.min(0)).mean(), log_prob
 
         (_, log_prob), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor)
-        updates, actor_opt_state = actor_opt.update(grads, state.actor_opt)
+        updates, actor_opt = actor_optimizer.update(grads, state.actor_opt)
         actor_params = optax.apply_updates(state.actor, updates)
         alpha_grad = jax.grad(lambda la: -(jnp.exp(la) * jax.lax.stop_gradient(log_prob + target_entropy)).mean())(
             state.log_alpha)
-        updates, alpha_opt_state = alpha_opt.update(alpha_grad, state.alpha_opt)
+        updates, alpha_opt = alpha_optimizer.update(alpha_grad, state.alpha_opt)
         log_alpha = optax.apply_updates(state.log_alpha, updates)
 
         target_critic = optax.incremental_update(critic_params, state.target_critic, config.tau)
-        state = TrainState(actor_params, critic_params, target_critic, log_alpha, actor_opt_state, critic_opt_state,
-                           alpha_opt_state, state.obs_stats)
+        state = TrainState(actor_params, critic_params, target_critic, log_alpha, actor_opt, critic_opt,
+                           alpha_opt, state.obs_stats)
         return state, {"soft_q_loss": soft_loss, "plain_q_loss": plain_loss, "dynamics_loss": dynamics_loss}
 
     def train(key, model_values, step_offset):
@@ -562,8 +564,8 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
         actor_params = actor_net.init(key_actor, dummy_obs)
         critic_params = critic_net.init(key_critic, dummy_obs, dummy_action)
         log_alpha = jnp.float32(0.0)
-        state = TrainState(actor_params, critic_params, critic_params, log_alpha, actor_opt.init(actor_params),
-                           critic_opt.init(critic_params), alpha_opt.init(log_alpha),
+        state = TrainState(actor_params, critic_params, critic_params, log_alpha, actor_optimizer.init(actor_params),
+                           critic_optimizer.init(critic_params), alpha_optimizer.init(log_alpha),
                            RunningStats(jnp.float32(1e-4), jnp.zeros(obs_dim), jnp.ones(obs_dim)))
         buffer = Transition(jnp.zeros((capacity, obs_dim)), jnp.zeros((capacity, action_dim)), jnp.zeros(capacity),
                             jnp.zeros(capacity, bool), jnp.zeros((capacity, obs_dim)))
@@ -667,6 +669,8 @@ def grid_search(evaluate: Callable, uset, key, config: Config):
 class Pieces(NamedTuple):
     search: Callable  # (banks, keys) -> (worst values (S, d), V(s0) there (S,))
     robust_q_at_start: Callable  # (banks, values (S, d), keys) -> robust Q / reward_scale at the search's starts (S,)
+    model_q_at_start: Callable  # (banks, values (S, d), keys) -> each model's Q_j(s0) / reward_scale there (S, M)
+    fallback_rate: Callable  # (banks, values (S, d), keys) -> fraction of steps the DR fallback acts there (S,)
     model_value: Callable  # (banks, values (S, d), keys) -> V(s0) of the robust policy, as the search sees it (S,)
     model_return: Callable  # (banks, values (S, d), keys) -> undiscounted return of the robust policy (S,)
     select_rho: Callable  # (banks, found values (S, M, d), found mask (S, M), keys) -> (ρ (S,), scores (S, R))
@@ -717,6 +721,36 @@ def make_pieces(config: Config) -> Pieces:
         q = jax.vmap(lambda obs: robust_q_values(bank, obs, init(bank, obs))[1].min())(starts)
         return q.mean() / config.reward_scale
 
+    def model_q_at_start(bank, values, key):
+        """Each model's own Q_j(s0, π_j(s0)) / reward_scale at the same initial states (+inf: not trained yet)."""
+        key = jax.random.split(key)[1]
+        params = uset.apply(base, env_params, values)
+        starts = jax.vmap(lambda k: base.reset(jax.random.split(k)[0], params)[0])(
+            jax.random.split(key, config.search_episodes))
+        q = jax.vmap(lambda obs: robust_q_values(bank, obs, init(bank, obs))[1])(starts)
+        return q.mean(0) / config.reward_scale
+
+    def fallback_rate(bank, values, key):
+        """The fraction of the steps of search_episodes episodes (one time limit each) on the model `values` at
+        which no model of the bank is valid, so that the DR fallback acts."""
+        params = uset.apply(base, env_params, values)
+
+        def episode(key):
+            key_reset, key_steps = jax.random.split(key)
+            obs, env_state = base.reset(key_reset, params)
+
+            def step(carry, key):
+                obs, env_state, memory = carry
+                none_valid = ~robust_q_values(bank, obs, memory)[2].any()
+                action, memory = robust_policy(bank, obs, memory)
+                obs, env_state, *_ = base.step(key, env_state, action, params)
+                return (obs, env_state, memory), none_valid
+
+            carry = (obs, env_state, init(bank, obs))
+            return jax.lax.scan(step, carry, jax.random.split(key_steps, episode_steps))[1].mean()
+
+        return jax.vmap(episode)(jax.random.split(key, config.search_episodes)).mean()
+
     def model_value(bank, values, key):
         return values_discounted(bank, values[None], jax.random.split(key)[1])[0]
 
@@ -748,6 +782,8 @@ def make_pieces(config: Config) -> Pieces:
     return Pieces(
         search=jax.jit(jax.vmap(search)),
         robust_q_at_start=jax.jit(jax.vmap(robust_q_at_start)),
+        model_q_at_start=jax.jit(jax.vmap(model_q_at_start)),
+        fallback_rate=jax.jit(jax.vmap(fallback_rate)),
         model_value=jax.jit(jax.vmap(model_value)),
         model_return=jax.jit(jax.vmap(model_return)),
         select_rho=jax.jit(jax.vmap(select_rho)),
@@ -892,6 +928,8 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
         worst_values, worst_value = pieces.search(bank, search_keys)
         robust_q = np.asarray(pieces.robust_q_at_start(bank, worst_values, search_keys))
         worst_return = np.asarray(pieces.model_return(bank, worst_values, search_keys))
+        model_q = np.asarray(pieces.model_q_at_start(bank, worst_values, search_keys))[:, :i]
+        fallback = np.asarray(pieces.fallback_rate(bank, worst_values, search_keys))
         worst_value = np.asarray(worst_value)
         gap = np.abs(worst_value - robust_q)
         if i > 0:  # STOPPING RULE (a robust Q exists from the first trained model on)
@@ -902,6 +940,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
             "worst_return": worst_return.tolist(),
             "robust_q_s0": [float(q) if np.isfinite(q) else None for q in robust_q],
             "gap": [float(g) if np.isfinite(g) else None for g in gap], "stopped": stopped.tolist(),
+            "model_q_s0": model_q.tolist(), "fallback_rate": fallback.tolist(),
             "rho": np.asarray(bank.models.rho[:, :i]).tolist(), "seconds": time.perf_counter() - started,
             "compile_seconds": runner.compile_seconds() - compiled_before,
         })

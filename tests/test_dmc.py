@@ -262,7 +262,7 @@ def test_stream_ac_trains_on_a_dmc_id_and_resumes_where_a_whole_run_ends(tmp_pat
     flags = ["--preset", "dmc-cheetah-ac", "--env-id", "dmc/CartpoleBalance/horizon10", "--total-timesteps", "40",
              "--num-log-rows", "2", "--num-checkpoints", "2", "--quiet"]
     whole = stream_x.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
+    monkeypatch.setattr(runner, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
     with pytest.raises(runner.RunInterrupted):
         stream_x.main([*flags, "--run-dir", str(tmp_path / "cut")])
     monkeypatch.undo()

@@ -281,7 +281,7 @@ def sweep_run(tmp_path_factory):
 
 
 def assert_same_run(expected, actual):
-    """Bit-identical checkpoint, metrics, results and iterations (but their "seconds")."""
+    """Bit-identical checkpoint, metrics, results and iterations (but their timings)."""
     for a, b in zip(jax.tree.leaves(runlog.load_checkpoint(expected / "checkpoint.msgpack")),
                     jax.tree.leaves(runlog.load_checkpoint(actual / "checkpoint.msgpack")), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -289,7 +289,7 @@ def assert_same_run(expected, actual):
         assert (expected / name).read_bytes() == (actual / name).read_bytes(), name
     records = [json.loads((d / "iterations.json").read_text()) for d in (expected, actual)]
     for record in records[0] + records[1]:
-        record.pop("seconds")
+        record.pop("seconds"), record.pop("compile_seconds")
     assert records[0] == records[1]
 
 
@@ -302,6 +302,11 @@ def test_run_stops_when_the_rule_holds_and_writes_every_iteration(sweep_run):
     assert records[-1]["stopped"] == [True, True] and records[0]["stopped"] == [False, False]
     assert summary["iterations_trained"] == 1
     assert all(np.isfinite(records[1]["robust_q_s0"])) and records[0]["robust_q_s0"] == [None, None]
+    # each model's own Q(s0) (one model: the robust Q itself) and how often the fallback acted (always, with none)
+    assert records[0]["model_q_s0"] == [[], []] and records[0]["fallback_rate"] == [1.0, 1.0]
+    np.testing.assert_allclose(np.asarray(records[1]["model_q_s0"])[:, 0], records[1]["robust_q_s0"], rtol=1e-5)
+    assert all(0.0 <= rate <= 1.0 for rate in records[1]["fallback_rate"])
+    assert summary["compile_seconds"] > 1.0 and summary["train_seconds"] > 0  # measured: it was a constant 0
     for record in records:
         values = np.asarray(record["worst_values"])
         assert values.shape == (2, 2) and (values >= [0.5, 0.5]).all() and (values <= [2.0, 1.5]).all()

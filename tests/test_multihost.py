@@ -2,7 +2,7 @@
 
 Each process is one "host" with 2 CPU devices (JAX_PLATFORMS=cpu, XLA_FLAGS=--xla_force_host_platform_device_count=2,
 gloo collectives, the coordinator on 127.0.0.1 at a free port), started with the environment a launcher sets
-(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; `runlog` passes them to
+(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; `runner` passes them to
 `jax.distributed.initialize`). Both run algorithms/pqn.py and algorithms/stream_x.py as scripts (runpy, so
 pqn.py's own imports start jax.distributed: PQN first) with 4 seeds at tiny sizes, each host into its own
 --run-dir so that what host 1 writes can be seen: nothing, also nowhere in its working directory.

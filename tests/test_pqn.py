@@ -186,7 +186,7 @@ def test_batch_norm_resumes_exactly_and_is_checkpointed(tmp_path, monkeypatch):
     """As tests/test_resume_sweep.py, with BatchNorm everywhere: its running averages are in the saved state."""
     flags = [*TINY, "--norm", "batch", "--norm-input", "--num-seeds", "2", "--num-checkpoints", "4"]
     pqn.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
+    monkeypatch.setattr(runner, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
     with pytest.raises(runner.RunInterrupted):
         pqn.main([*flags, "--run-dir", str(tmp_path / "cut")])
     monkeypatch.undo()
@@ -215,7 +215,7 @@ def test_sweep_with_batch_norm(tmp_path, monkeypatch):
     stats = batch_stats("sweep")
     assert not np.array_equal(stats[0]["BatchNorm_0"]["mean"], stats[1]["BatchNorm_0"]["mean"])
     run_program = runner.run_program
-    monkeypatch.setattr(runlog, "run_program", lambda *args, sweep, **kwargs: run_program(
+    monkeypatch.setattr(runner, "run_program", lambda *args, sweep, **kwargs: run_program(
         *args, sweep=(sweep[0], (1e-3, 1e-3)), **kwargs))
     pqn.main([*flags, "--run-dir", str(tmp_path / "alone")])  # both slots 1e-3; directories keep their names
     jax.tree.map(np.testing.assert_array_equal, stats[1], batch_stats("alone")[1])

@@ -160,6 +160,17 @@ def test_temperature_reaches_both_players_observations_and_rewards_are_zero_sum(
     assert abs(float(metrics["temperature"][0, -1]) / (INITIAL / RATE) - 1.0) < 0.5
 
 
+def test_the_adversarys_force_reaches_the_environment():
+    """The same run with the adversary's force scaled to nearly nothing (--max-force 1e-6): the first adversary
+    phase (untrained players, the same keys) gets other returns, so the adversary's action moves the env; a
+    wiring that dropped it would give identical returns. The protagonist-phase returns differ too."""
+    _, metrics = tiny_run()
+    _, weak = tiny_run(("--max-force", "1e-6"))
+    for key in ("adversary_phase_return", "episode_return"):
+        full, almost_none = float(metrics[key][0, 0]), float(weak[key][0, 0])
+        assert abs(full - almost_none) > 1e-3 * abs(full), (key, full, almost_none)
+
+
 def test_temperatures_are_reused_in_both_phases_and_the_curriculum_sees_discounted_returns_of_both():
     state, metrics = tiny_run()
     temperatures = np.asarray(state.curriculum.temperatures[0])  # the last iteration's 10 episodes
@@ -235,7 +246,11 @@ def test_preset_runs(preset, tmp_path):
                             "--grid-points", "2", "--grid-steps", "20", "--out", str(tmp_path / "eval")])
     np.testing.assert_allclose(report["final_return"]["evaluated"], written["final_return"], rtol=1e-4, atol=1e-4)
     assert len(report["episodes"]["per_seed"][0]["returns"]) == 2
-    assert report["grid"]["worst_mean"] <= report["grid"]["average_mean"] and (tmp_path / "eval" / "heatmap.png").exists()
+    # the grid's worst case and average are the minimum and mean of its cells, seed by seed
+    cells = np.asarray(report["grid"]["grid_returns_per_seed"]).reshape(1, -1)
+    np.testing.assert_allclose(report["grid"]["worst_per_seed"], cells.min(1), rtol=1e-6)
+    np.testing.assert_allclose(report["grid"]["average_per_seed"], cells.mean(1), rtol=1e-5)
+    assert cells.std() > 0 and (tmp_path / "eval" / "heatmap.png").exists()
 
 
 def written_grid_set(run_dir):

@@ -53,7 +53,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(name, tmp_path, monkeypatch
     module = import_module(f"algorithms.{name}")
     flags = [*TINY[name], "--num-seeds", "2", "--num-checkpoints", "4", "--quiet"]
     module.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
+    monkeypatch.setattr(runner, "run_program", functools.partial(runner.run_program, stop_after_chunks=1))
     with pytest.raises(runner.RunInterrupted):
         module.main([*flags, "--run-dir", str(tmp_path / "cut")])
     assert (tmp_path / "cut" / "resume.npz").exists() and not (tmp_path / "cut" / "summary.json").exists()
@@ -88,7 +88,7 @@ def test_a_swept_value_replaces_the_config_value_everywhere(name):
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_every_sweepable_name_is_read(name):
-    """Each name in the file's SWEEPABLE reaches the computation when swept (runlog checks this before it
+    """Each name in the file's SWEEPABLE reaches the computation when swept (runner checks this before it
     compiles a sweep), and a name the computation never reads is refused with the fix."""
     module = import_module(f"algorithms.{name}")
     config = runner.parse_config(module.Config, module.PRESETS, [*TINY[name], "--quiet"])
@@ -127,7 +127,7 @@ def test_sac_resumes_a_sweep_cut_after_learning_started_with_normalized_observat
     flags = [*TINY["sac"], "--learning-starts", "50", "--normalize-observations", "--num-seeds", "2",
              "--num-checkpoints", "4", "--quiet", "--sweep", "critic_lr=1e-4,1e-3"]
     sac.main([*flags, "--run-dir", str(tmp_path / "whole")])
-    monkeypatch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=2))
+    monkeypatch.setattr(runner, "run_program", functools.partial(runner.run_program, stop_after_chunks=2))
     with pytest.raises(runner.RunInterrupted):
         sac.main([*flags, "--run-dir", str(tmp_path / "cut")])
     monkeypatch.undo()
@@ -200,7 +200,7 @@ def directory_bytes(directory):
 def cut_run(module, flags, run_dir, monkeypatch, chunks=1):
     """Run `module.main` and stop it after `chunks` of its checkpointed chunks, as a killed run stops."""
     with monkeypatch.context() as patch:
-        patch.setattr(runlog, "run_program", functools.partial(runner.run_program, stop_after_chunks=chunks))
+        patch.setattr(runner, "run_program", functools.partial(runner.run_program, stop_after_chunks=chunks))
         with pytest.raises(runner.RunInterrupted):
             module.main([*flags, "--run-dir", str(run_dir)])
     assert (run_dir / "resume.npz").exists()
@@ -318,7 +318,7 @@ def test_a_run_that_fails_before_its_first_update_leaves_no_directory(tmp_path, 
 
         return real(*args, before_compile=write_then_fail, **kwargs)
 
-    monkeypatch.setattr(runlog, "run_program", failing_compile)
+    monkeypatch.setattr(runner, "run_program", failing_compile)
     with pytest.raises(RuntimeError, match="out of memory"):
         pqn.main([*TINY["pqn"], "--quiet", "--run-dir", str(tmp_path / "run"), "--sweep", "lr=1e-3,1e-2"])
     assert not (tmp_path / "run").exists()
@@ -352,7 +352,7 @@ def test_ctrl_c_stops_at_once_with_the_state_saved_and_prints_the_resume_command
     assert f"the state after {done:,} of {total:,} updates is in" in stderr
     assert f"continue with: python algorithms/pqn.py --resume {run_dir}" in stderr
     with monkeypatch.context() as patch:  # what the printed command runs continues it: one more chunk, then a cut
-        patch.setattr(runlog, "run_program", functools.partial(runner.run_program,
+        patch.setattr(runner, "run_program", functools.partial(runner.run_program,
                                                                stop_after_chunks=done // length + 1))
         with pytest.raises(runner.RunInterrupted):
             import_module("algorithms.pqn").main(["--resume", str(run_dir), "--quiet"])
