@@ -250,7 +250,7 @@ def test_preset_runs(preset, tmp_path):
     cells = np.asarray(report["grid"]["grid_returns_per_seed"]).reshape(1, -1)
     np.testing.assert_allclose(report["grid"]["worst_per_seed"], cells.min(1), rtol=1e-6)
     np.testing.assert_allclose(report["grid"]["average_per_seed"], cells.mean(1), rtol=1e-5)
-    assert cells.std() > 0 and (tmp_path / "eval" / "heatmap.png").exists()
+    assert (tmp_path / "eval" / "heatmap.png").exists()
 
 
 def written_grid_set(run_dir):

@@ -31,6 +31,7 @@ import csv, json, sys, tempfile
 from importlib import import_module
 from pathlib import Path
 import jax
+import numpy as np
 import runner
 
 tiny = json.loads(sys.argv[1])
@@ -55,8 +56,13 @@ for name, flags in tiny.items():
         summary = module.main([*flags, "--num-seeds", "4", "--quiet", "--run-dir", run_dir])
         rows = [list(csv.DictReader(open(Path(run_dir) / f"metrics_seed{i}.csv"))) for i in range(4)]
     metrics = {key: [[float(row[key]) for row in seed] for seed in rows] for key in rows[0][0]}
-    metrics |= {key: value for key, value in summary.items() if isinstance(value, (int, float, list))
-                and "second" not in key and "memory" not in key and key != "results"}
+    for key, value in summary.items():  # the summary's numbers (not its names, timings or memory)
+        try:
+            numbers = np.asarray(value, float)
+        except (TypeError, ValueError):
+            continue
+        if numbers.size and "second" not in key and "memory" not in key:
+            metrics[key] = numbers.tolist()
     out[name] = {"devices": sorted(set(devices)), "metrics": json.loads(json.dumps(metrics, default=float))}
 print("RESULT" + json.dumps(out))
 """
