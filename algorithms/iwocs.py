@@ -44,6 +44,8 @@ Choices where the paper is silent:
   tight on the pendulum: models a little off a trained one were judged invalid and the weak DR fallback
   acted (measured: IWOCS worst case -1419 vs DR SAC -1341 at 24k steps).
 - At the first step of an episode there is no previous transition: every model is valid.
+- IWOCS* (`--search grid`) searches 9 points per axis by default, a lattice that shares only the box's ends
+  with the 10-per-axis evaluation grid, so that it is not searched on the models it is evaluated on.
 - The stopping rule compares like with like: V(s0) is the discounted return of search episodes run to
   `search_horizon` steps (default: γ^H <= 0.01, at least the time limit; the time limit is lifted, since the
   critics bootstrap at time limits and so estimate the value without one), and the robust Q at s0 is divided by
@@ -710,25 +712,23 @@ def make_pieces(config: Config) -> Pieces:
         key_search, key_states = jax.random.split(key)  # key_states: the initial states, as in robust_q_at_start
         return searcher(lambda values: values_discounted(bank, values, key_states), uset, key_search, config)
 
-    def robust_q_at_start(bank, values, key):
-        """Q_i(s0, π_i(s0)) / reward_scale (the critics learn scaled rewards; this is in return units, as V(s0)),
-        averaged over the initial states the evaluator used for this key (envs/robust.py draws episode e's reset
-        key as split(split(key, E)[e])[0])."""
+    def q_at_starts(bank, values, key):
+        """Every model's Q_j(s0, π_j(s0)) / reward_scale (+inf: not trained yet) at each initial state the
+        evaluator used for this key (envs/robust.py draws episode e's reset key as split(split(key, E)[e])[0]):
+        (search_episodes, M). The critics learn scaled rewards; this is in return units, as V(s0)."""
         key = jax.random.split(key)[1]  # the search's key_states
         params = uset.apply(base, env_params, values)
         starts = jax.vmap(lambda k: base.reset(jax.random.split(k)[0], params)[0])(
             jax.random.split(key, config.search_episodes))
-        q = jax.vmap(lambda obs: robust_q_values(bank, obs, init(bank, obs))[1].min())(starts)
-        return q.mean() / config.reward_scale
+        return jax.vmap(lambda obs: robust_q_values(bank, obs, init(bank, obs))[1])(starts) / config.reward_scale
+
+    def robust_q_at_start(bank, values, key):
+        """The robust Q_i(s0, π_i(s0)) = min_j Q_j at each initial state, averaged over them."""
+        return q_at_starts(bank, values, key).min(1).mean()
 
     def model_q_at_start(bank, values, key):
-        """Each model's own Q_j(s0, π_j(s0)) / reward_scale at the same initial states (+inf: not trained yet)."""
-        key = jax.random.split(key)[1]
-        params = uset.apply(base, env_params, values)
-        starts = jax.vmap(lambda k: base.reset(jax.random.split(k)[0], params)[0])(
-            jax.random.split(key, config.search_episodes))
-        q = jax.vmap(lambda obs: robust_q_values(bank, obs, init(bank, obs))[1])(starts)
-        return q.mean(0) / config.reward_scale
+        """Each model's own Q_j(s0, π_j(s0)), averaged over the same initial states."""
+        return q_at_starts(bank, values, key).mean(0)
 
     def fallback_rate(bank, values, key):
         """The fraction of the steps of search_episodes episodes (one time limit each) on the model `values` at
