@@ -7,8 +7,9 @@ uncertainty set for the model T_{i+1} = argmin_T V^{π_i}_T(s0) where the curren
 worst (CMA-ES over the normalized parameter box, or a grid: IWOCS*), train a SAC agent on that one model,
 and add it to the bank. Each agent's critic also learns an unregularized Q (no entropy bonus) and a
 dynamics predictor T̂_j(s, a) -> s' (L1 loss). The robust Q is Q_i(s, a) = min_j Q_{T_j}(s, a) over the
-models still *valid* at s_t (||T̂_j(s_{t-1}, a_{t-1}) - s_t||_1 <= ρ_j, else +inf); the robust policy acts
-with π_{j*}, j* = argmin_j Q_{T_j}(s, π_{T_j}(s)), and with the DR policy when no model is valid. Stop when
+models still *valid* at s_t (||T̂_j(s_{t-1}, a_{t-1}) - s_t||_1 <= ρ_j, else +inf; see --rho-units); the
+robust policy acts with π_{j*}, j* = argmin_j Q_{T_j}(s, π_{T_j}(s)), and with the DR policy when no model is
+valid. Stop when
 |V^{π_i}_{T_{i+1}}(s0) - Q_i(s0, π_i(s0))| <= ε (the search finds nothing worse than the robust Q
 predicts) or after M iterations.
 
@@ -65,6 +66,10 @@ Zouitine; it is not public), so the reference is the paper itself. Known differe
 - Parallelism: the brax presets step 128 envs at once (the paper: one env); with one update per env step
   that is 128 updates per iteration on fresh samples, the same ratio.
 - Observation normalization in the brax presets (not in the paper), for brax's unscaled observations.
+- ρ's units in the brax presets (`--rho-units std`): the predictor's error is the mean over observation
+  dimensions of |error| in each dimension's running standard deviation, not the paper's raw L1 norm, whose
+  [0.1, 1] means something else on every env (on brax's observations most models would be judged invalid).
+  The pendulum preset keeps the raw L1 norm.
 - The pendulum preset (this collection's CPU setting) has 1e3 random steps instead of 1e4, 128 units, 4 envs,
   0.5 updates per env step and ε 5; the paper's tasks are MuJoCo.
 """
@@ -148,7 +153,12 @@ class Config:
     models found so far (re-chosen every iteration while a seed runs), or per model the 90th percentile of its own
     L1 errors."""
     rho_choices: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.1, 1.0, 10))
-    """Candidate validity thresholds ρ (L1 error of the dynamics predictor)."""
+    """Candidate validity thresholds ρ (error of the dynamics predictor, in --rho-units)."""
+    rho_units: Literal["raw", "std"] = "raw"
+    """Units of the predictor's error that ρ bounds: `raw`, the L1 norm over raw observation dimensions (the
+    paper's ||T̂(s, a) - s'||_1); `std`, the mean over dimensions of |error| in running standard deviations of
+    each dimension (the model's own observation statistics), so that ρ in [0.1, 1] means the same on every env
+    (the brax presets: their observations mix positions and velocities of very different scales)."""
     num_envs: int = 4
     """Parallel training environments per SAC run."""
     buffer_size: int = 1_000_000
@@ -211,11 +221,11 @@ SWEEPABLE = ("epsilon", "gamma", "tau", "actor_lr", "critic_lr", "alpha_lr", "re
 # values in [0.1, 1]; budget 4M steps for the 2-D sets, DR 1.6M + 3 iterations x 0.8M (dr_fraction 0.4,
 # max_iterations 3); grid 10 per axis with 30 episodes per point (M2TD3's evaluation, which IWOCS reports with).
 # The SAC paper: 256x256 networks and one gradient update per env step. This collection's choices (the paper
-# is silent): 128 parallel envs (GPU throughput), observation normalization, ε 20 for the brax tasks (returns in
+# is silent): 128 parallel envs (GPU throughput), observation normalization, ρ in standard deviations, ε 20 for the brax tasks (returns in
 # the thousands) and 5 for the pendulum, 4 search episodes per candidate, and the pendulum preset's small
 # budget (4e4 steps, 128 units, 4 envs, 0.5 updates per env step, 1e3 random steps) for a CPU.
 _BRAX = dict(num_envs=128, updates_per_env_step=1.0, learning_starts=10_000, normalize_observations=True,
-             hidden_size=256, total_timesteps=4_000_000, backend="generalized", epsilon=20.0, eval_episodes=30)
+             rho_units="std", hidden_size=256, total_timesteps=4_000_000, backend="generalized", epsilon=20.0, eval_episodes=30)
 PRESETS = {
     "pendulum": Config(),
     "brax-inverted-pendulum": Config(preset="brax-inverted-pendulum", env_id="brax/inverted_pendulum",
@@ -401,8 +411,15 @@ class TrainState(NamedTuple):
     obs_stats: RunningStats
 
 
+def prediction_error(stats: RunningStats, predicted, observed, units: str):
+    """The dynamics predictor's error (last axis: observation dimensions), the quantity ρ bounds: the L1 norm
+    (`raw`) or the mean of |error| / σ over dimensions, σ from the model's running statistics (`std`)."""
+    error = jnp.abs(predicted - observed)
+    return error.sum(-1) if units == "raw" else (error / jnp.sqrt(stats.var + 1e-6)).mean(-1)
+
+
 def choose_rho(errors, rho_choices):
-    """The smallest ρ in `rho_choices` at or above the 90th percentile of the predictor's L1 errors."""
+    """The smallest ρ in `rho_choices` at or above the 90th percentile of the predictor's errors."""
     choices = jnp.sort(jnp.asarray(rho_choices, jnp.float32))
     needed = jnp.quantile(errors, 0.9)
     return jnp.where(choices >= needed, choices, jnp.inf).min().clip(max=choices[-1])
@@ -424,7 +441,8 @@ class Memory(NamedTuple):
     has_prev: jax.Array
 
 
-def make_robust_policy(actor_net: Actor, critic_net: Critic, action_dim: int, normalize_on: bool):
+def make_robust_policy(actor_net: Actor, critic_net: Critic, action_dim: int, normalize_on: bool,
+                       rho_units: str = "raw"):
     """(robust_q_values, act, init): the IWOCS policy as pure functions of the bank; `act` and `init`
     follow the evaluators' memory protocol (policy(params, obs, carry) -> (action, carry))."""
 
@@ -436,7 +454,7 @@ def make_robust_policy(actor_net: Actor, critic_net: Critic, action_dim: int, no
         action = jnp.tanh(actor_net.apply(model.actor, normalize(model.obs_stats, obs))[0])
         q = critic_net.apply(model.critic, normalize(model.obs_stats, obs), action)[1].min(0)
         _, _, delta = critic_net.apply(model.critic, normalize(model.obs_stats, memory.prev_obs), memory.prev_action)
-        error = jnp.abs(memory.prev_obs + delta - obs).sum(-1)  # ||T̂_j(s_{t-1}, a_{t-1}) - s_t||_1
+        error = prediction_error(model.obs_stats, memory.prev_obs + delta, obs, rho_units)  # T̂_j(s_{t-1}, a_{t-1}), s_t
         return action, q, error <= model.rho
 
     def robust_q_values(bank: Bank, obs, memory: Memory):
@@ -590,7 +608,7 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
             slots = (index * config.num_envs + jnp.arange(config.num_envs)) % capacity
             buffer = jax.tree.map(lambda stored, new: stored.at[slots].set(new), buffer,
                                   Transition(obs, action, reward, terminated, true_next))
-            if config.normalize_observations:
+            if config.normalize_observations or config.rho_units == "std":  # (std: ρ's units need them)
                 state = state._replace(obs_stats=update_stats(state.obs_stats, true_next))
             filled = jnp.minimum((index + 1) * config.num_envs, capacity)
 
@@ -618,10 +636,11 @@ def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable
 
         carry, metrics = jax.lax.scan(row, (state, buffer, env_state, obs, key), jnp.arange(num_rows))
         state, buffer = carry[0], carry[1]
-        # ρ from the predictor's L1 errors on the most recent transitions of its own model
+        # ρ from the predictor's errors on the most recent transitions of its own model
         recent = jax.tree.map(lambda x: x[-min(capacity, 4096):], buffer)
         _, _, delta = critic_net.apply(state.critic, normalize(state.obs_stats, recent.obs), recent.action)
-        rho = choose_rho(jnp.abs(recent.obs + delta - recent.next_obs).sum(-1), config.rho_choices)
+        errors = prediction_error(state.obs_stats, recent.obs + delta, recent.next_obs, config.rho_units)
+        rho = choose_rho(errors, config.rho_choices)
         return Agent(state.actor, state.critic, state.obs_stats, rho), metrics
 
     return train
@@ -686,7 +705,8 @@ def make_pieces(config: Config) -> Pieces:
     obs_dim = base.observation_space(env_params).shape[0]
     actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
     critic_net = Critic(obs_dim, config.hidden_size, config.num_layers, config.twin_plain_q)
-    robust_q_values, act, init = make_robust_policy(actor_net, critic_net, action_dim, config.normalize_observations)
+    robust_q_values, act, init = make_robust_policy(actor_net, critic_net, action_dim, config.normalize_observations,
+                                                    config.rho_units)
     episode_steps = int(env_params.max_steps_in_episode)
 
     def to_env(action):
@@ -845,7 +865,8 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
     actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
     obs_dim = env.observation_space(env_params).shape[0]
     critic_net = Critic(obs_dim, config.hidden_size, config.num_layers, config.twin_plain_q)
-    _, act, init = make_robust_policy(actor_net, critic_net, action_dim, config.normalize_observations)
+    _, act, init = make_robust_policy(actor_net, critic_net, action_dim, config.normalize_observations,
+                                      config.rho_units)
     bank = bank_from_dict(checkpoint)
 
     def robust_act(memory, obs, key):

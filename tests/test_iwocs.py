@@ -125,6 +125,36 @@ def test_robust_q_is_the_min_over_valid_models_and_ignores_invalid_ones(twin_pla
     np.testing.assert_allclose(act(inactive, obs, memory)[0], views[chosen][0], rtol=1e-5, atol=1e-6)
 
 
+def test_rho_in_standard_deviations_is_the_mean_error_over_dimensions_in_each_dimensions_std():
+    """--rho-units std: mean over dimensions of |T̂(s, a) - s'| / σ, σ from the model's own statistics, so rescaling an
+    observation dimension (and its σ with it) leaves the error unchanged; raw is the L1 norm, which it changes."""
+    predicted, observed = np.array([[0.5, -2.0, 30.0]]), np.array([[0.3, -1.0, 10.0]])
+    std = np.array([0.1, 1.0, 10.0])
+    stats = iwocs.RunningStats(jnp.float32(100.0), jnp.zeros(3), jnp.asarray(std**2, jnp.float32))
+    expected = np.mean([0.2 / 0.1, 1.0 / 1.0, 20.0 / 10.0])  # 1e-6 in σ² moves this by < 1e-4 relative
+    np.testing.assert_allclose(iwocs.prediction_error(stats, predicted, observed, "std"), [expected], rtol=1e-4)
+    np.testing.assert_allclose(iwocs.prediction_error(stats, predicted, observed, "raw"), [21.2], rtol=1e-6)
+    scale = np.array([1.0, 1.0, 1000.0])  # the third dimension in other units
+    rescaled = stats._replace(var=stats.var * scale**2)
+    np.testing.assert_allclose(iwocs.prediction_error(rescaled, predicted * scale, observed * scale, "std"),
+                               [expected], rtol=1e-4)
+    assert float(iwocs.prediction_error(rescaled, predicted * scale, observed * scale, "raw")[0]) > 1e4
+    # the wiring: with the same ρ, the units decide which models are valid (std: σ = 0.1 makes every error x10)
+    actor_net, critic_net, models, bank, _ = random_bank()
+    tight = iwocs.RunningStats(jnp.float32(1.0), jnp.zeros(3), jnp.full(3, 0.01))
+    obs, prev_obs, prev_action = jnp.array([0.3, -0.8, 1.2]), jnp.array([0.4, -0.7, 1.0]), jnp.array([0.5])
+    errors = np.array([reference_view(actor_net, critic_net, m, obs, prev_obs, prev_action)[2] for m in models[:3]])
+    rho = jnp.full(3, float(errors.max()) * 1.01)  # every model valid in raw units (L1 <= ρ) ...
+    models_tight = bank.models._replace(rho=rho, obs_stats=jax.tree.map(lambda x: jnp.stack([x] * 3), tight))
+    memory = iwocs.Memory(prev_obs, prev_action, jnp.bool_(True))
+    for units, expected_valid in (("raw", [True] * 3), ("std", [False] * 3)):  # ... none in std: mean/0.1 = L1 x 10/3
+        robust_q_values = iwocs.make_robust_policy(actor_net, critic_net, 1, False, units)[0]
+        _, _, valid = robust_q_values(bank._replace(models=models_tight), obs, memory)
+        np.testing.assert_array_equal(valid, expected_valid)
+    config = iwocs.runner.parse_config(iwocs.Config, iwocs.PRESETS, ["--preset", "brax-inverted-pendulum"])
+    assert config.rho_units == "std" and iwocs.Config().rho_units == "raw"
+
+
 def test_fallback_when_no_model_is_valid_and_all_valid_at_the_first_step():
     actor_net, critic_net, models, bank, (robust_q_values, act, init) = random_bank()
     obs = jnp.array([0.3, -0.8, 1.2])
