@@ -3,7 +3,9 @@ finished run with the run's own settings gives its final_return again, episodes 
 on another env with the same spaces and over a robustness grid, one episode renders as a GIF, and bad input
 is one line.
 
-Each algorithm trains once (tests/test_cli.py's TINY flags, one seed) for the whole module. The run computed
+Each algorithm trains once (one seed) for the whole module, long enough to learn where the final return is an
+evaluation (LEARNED: returns that a trivial policy cannot reach, asserted), so that a rebuilt policy that acted
+at random, or not at all, could not give the run's final return again. The run computed
 its final evaluation inside its jitted training program; evaluate.py computes it in a program of its own, on
 the same episodes (runner.final_eval_key, or the file's own keys). The two are different XLA programs, so
 they may round differently, and a different rounding can flip a greedy action: the tolerance is loose enough
@@ -31,6 +33,15 @@ import evaluate  # noqa: E402
 # QARL's and IWOCS's runs are evaluated where those runs are trained already (tests/test_qarl.py,
 # tests/test_iwocs.py, with the robustness grid); stream-x's final_return is a training return.
 EVALUATED = ["pqn", "sac", "sqirl"]
+# Flags of each module-wide run: a learned policy for the evaluated three (measured on the 2-core CPU: PQN 500,
+# SAC -131, SQIRL 0.9, the lock's optimum), and for each the return it must reach, far above a trivial policy's.
+LEARNED = {
+    "pqn": ["--total-timesteps", "100000", "--num-evals", "1"],  # CartPole: random about 22, one action held 9-10
+    "sac": ["--total-timesteps", "6000", "--num-evals", "1"],  # Pendulum: zero torque about -1200 (test_qarl)
+    "sqirl": ["--env-id", "CombinationLock-H2", "--horizon", "2", "--num-heads", "2", "--total-timesteps", "4096"],
+    # lock H2: walking away 0, a random policy 0.9 / 9 = 0.1 on average, the right code 0.9
+}
+BAR = {"pqn": 400.0, "sac": -600.0, "sqirl": 0.85}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +52,8 @@ def trained(tmp_path_factory):
     def run_dir(name):
         if name not in runs:
             runs[name] = tmp_path_factory.mktemp(name) / "run"
-            import_module(f"algorithms.{name}").main([*TINY[name], "--quiet", "--run-dir", str(runs[name])])
+            flags = LEARNED.get(name, TINY[name])
+            import_module(f"algorithms.{name}").main([*flags, "--quiet", "--run-dir", str(runs[name])])
         return runs[name]
 
     return run_dir
@@ -52,6 +64,7 @@ def test_evaluating_a_run_gives_its_final_return_again(name, trained, tmp_path):
     run_dir = trained(name)
     report = evaluate.main([str(run_dir), "--final-return", "--episodes", "2", "--out", str(tmp_path)])
     recorded = json.loads((run_dir / "summary.json").read_text())["final_return"]
+    assert recorded[0] >= BAR[name], (name, recorded)  # a learned policy: a trivial one would not match it
     np.testing.assert_allclose(report["final_return"]["evaluated"], recorded, rtol=1e-4, atol=1e-4)
     episodes = report["episodes"]["per_seed"][0]
     assert len(episodes["returns"]) == 2 and np.isfinite(episodes["returns"]).all()
