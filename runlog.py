@@ -302,6 +302,6 @@ def gather(tree: Any) -> Any:
     def gather(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
+        return np.asarray(x) if isinstance(x, jax.Array) else x  # numbers, strings: as jax.device_get leaves them
 
     return jax.tree.map(gather, tree)

@@ -221,11 +221,12 @@ SWEEPABLE = ("epsilon", "gamma", "tau", "actor_lr", "critic_lr", "alpha_lr", "re
 # values in [0.1, 1]; budget 4M steps for the 2-D sets, DR 1.6M + 3 iterations x 0.8M (dr_fraction 0.4,
 # max_iterations 3); grid 10 per axis with 30 episodes per point (M2TD3's evaluation, which IWOCS reports with).
 # The SAC paper: 256x256 networks and one gradient update per env step. This collection's choices (the paper
-# is silent): 128 parallel envs (GPU throughput), observation normalization, ρ in standard deviations, ε 20 for the brax tasks (returns in
-# the thousands) and 5 for the pendulum, 4 search episodes per candidate, and the pendulum preset's small
-# budget (4e4 steps, 128 units, 4 envs, 0.5 updates per env step, 1e3 random steps) for a CPU.
+# is silent): 128 parallel envs (GPU throughput), observation normalization, ρ in standard deviations, ε 20
+# for the brax tasks (returns in the thousands) and 5 for the pendulum, 4 search episodes per candidate, and the
+# pendulum preset's small budget (4e4 steps, 128 units, 4 envs, 0.5 updates per env step, 1e3 random steps) for a CPU.
 _BRAX = dict(num_envs=128, updates_per_env_step=1.0, learning_starts=10_000, normalize_observations=True,
-             rho_units="std", hidden_size=256, total_timesteps=4_000_000, backend="generalized", epsilon=20.0, eval_episodes=30)
+             rho_units="std", hidden_size=256, total_timesteps=4_000_000, backend="generalized", epsilon=20.0,
+             eval_episodes=30)
 PRESETS = {
     "pendulum": Config(),
     "brax-inverted-pendulum": Config(preset="brax-inverted-pendulum", env_id="brax/inverted_pendulum",
@@ -837,8 +838,11 @@ def set_bank_rho(bank: Bank, rho: jax.Array, keep: jax.Array) -> Bank:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Everything the outer loop keeps between stages (for --resume), atomically; records as JSON text."""
-    runlog.save_checkpoint(path, {**state, "records": json.dumps(state["records"])})
+    """Everything the outer loop keeps between stages (for --resume), atomically; records as JSON text. On several
+    hosts every host gathers the seeds of all (a collective) and host 0 writes."""
+    state = runlog.gather({**state, "records": json.dumps(state["records"])})
+    if jax.process_index() == 0:
+        runlog.save_checkpoint(path, state)
 
 
 def agent_from_dict(d: dict) -> Agent:
@@ -914,7 +918,8 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     runlog.start_run(run_dir, config, NAME)
     keys = runner.seed_keys(config.seed, config.num_seeds)
     nominal = jnp.asarray(uset.nominal, jnp.float32)
-    say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, flush=True))
+    host0 = jax.process_index() == 0  # on several hosts, host 0 writes and prints; arrays are gathered by all
+    say = (lambda *a: None) if config.quiet or not host0 else (lambda *a: print(*a, flush=True))
     say(f"{NAME} on {config.env_id} ({uset.name}: {' x '.join(uset.names)}), {config.num_seeds} seed(s), DR "
         f"{sizes.dr_steps:,} steps + up to {config.max_iterations} x {sizes.iteration_steps:,}, search "
         f"{config.search} -> {run_dir}")
@@ -938,7 +943,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     if state is None:
         fallback, dr_metrics = train_dr(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), nominal, 0)
         state = {"stages_done": 0, "iteration": 0, "env_steps": sizes.dr_steps, "records": [], "baselines": {}}
-        stage_done(bank=pieces.empty_bank(fallback), metrics=jax.device_get(dr_metrics),
+        stage_done(bank=pieces.empty_bank(fallback), metrics=runlog.gather(dr_metrics),
                    stopped=np.zeros(config.num_seeds, bool),
                    found=jnp.zeros((config.num_seeds, config.max_iterations, uset.dim)))  # the worst cases trained on
     bank, stopped, found, records, env_steps = (state[k] for k in ("bank", "stopped", "found", "records", "env_steps"))
@@ -947,27 +952,28 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + i)
         search_keys = jax.random.split(key, config.num_seeds)
         worst_values, worst_value = pieces.search(bank, search_keys)
-        robust_q = np.asarray(pieces.robust_q_at_start(bank, worst_values, search_keys))
-        worst_return = np.asarray(pieces.model_return(bank, worst_values, search_keys))
-        model_q = np.asarray(pieces.model_q_at_start(bank, worst_values, search_keys))[:, :i]
-        fallback = np.asarray(pieces.fallback_rate(bank, worst_values, search_keys))
-        worst_value = np.asarray(worst_value)
+        robust_q, worst_return, model_q, fallback, worst_value, found_now, rho_now = runlog.gather((
+            *(measure(bank, worst_values, search_keys) for measure in (
+                pieces.robust_q_at_start, pieces.model_return, pieces.model_q_at_start, pieces.fallback_rate)),
+            worst_value, worst_values, bank.models.rho))
         gap = np.abs(worst_value - robust_q)
         if i > 0:  # STOPPING RULE (a robust Q exists from the first trained model on)
             stopped = stopped | np.asarray(should_stop(worst_value, robust_q, config.epsilon))
         records.append({
             "iteration": i, "env_steps": env_steps, "models": i,
-            "worst_values": np.asarray(worst_values).tolist(), "worst_value_v_s0": worst_value.tolist(),
+            "worst_values": found_now.tolist(), "worst_value_v_s0": worst_value.tolist(),
             "worst_return": worst_return.tolist(),
             "robust_q_s0": [float(q) if np.isfinite(q) else None for q in robust_q],
             "gap": [float(g) if np.isfinite(g) else None for g in gap], "stopped": stopped.tolist(),
-            "model_q_s0": model_q.tolist(), "fallback_rate": fallback.tolist(),
-            "rho": np.asarray(bank.models.rho[:, :i]).tolist(), "seconds": time.perf_counter() - started,
+            "model_q_s0": model_q[:, :i].tolist(), "fallback_rate": fallback.tolist(),
+            "rho": rho_now[:, :i].tolist(), "seconds": time.perf_counter() - started,
             "compile_seconds": runner.compile_seconds() - compiled_before,
         })
-        runlog.write_json(run_dir / "iterations.json", records)
-        runlog.save_checkpoint(run_dir / "checkpoint.msgpack", bank._asdict())
-        say(f"iteration {i}: worst {dict(zip(uset.names, np.asarray(worst_values).mean(0).round(3).tolist()))} "
+        bank_now = runlog.gather(bank._asdict())
+        if host0:
+            runlog.write_json(run_dir / "iterations.json", records)
+            runlog.save_checkpoint(run_dir / "checkpoint.msgpack", bank_now)
+        say(f"iteration {i}: worst {dict(zip(uset.names, found_now.mean(0).round(3).tolist()))} "
             f"(seed mean) V(s0) {worst_value.mean():.2f} return {worst_return.mean():.1f} robust Q(s0) "
             f"{np.nanmean(np.where(np.isfinite(robust_q), robust_q, np.nan)) if i else float('nan'):.2f} "
             f"stopped {int(stopped.sum())}/{config.num_seeds}")
@@ -985,6 +991,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
             rho, _ = pieces.select_rho(bank, found, bank.active, search_keys)
             bank = set_bank_rho(bank, rho, running)
         env_steps += sizes.iteration_steps
+        new_metrics = runlog.gather(new_metrics)
         metrics = {k: np.concatenate([v, np.asarray(new_metrics[k])], axis=1) for k, v in state["metrics"].items()}
         stage_done(iteration=i + 1, bank=bank, stopped=stopped, found=found, records=records, env_steps=env_steps,
                    metrics=metrics)
@@ -1005,8 +1012,10 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
     grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
              "DR (IWOCS's fallback)": pieces.grid_plain(bank.fallback, eval_key)}
     grids |= {name: pieces.grid_plain(state["baselines"][name], eval_key) for name, *_ in baselines}
-    table = envs.write_method_grids(run_dir, uset, grids)
-    say((run_dir / "results.md").read_text())
+    grids = runlog.gather(grids)
+    table = envs.write_method_grids(run_dir if host0 else None, uset, grids)
+    if host0:
+        say((run_dir / "results.md").read_text())
 
     iwocs_name = next(iter(grids))
     summary = runlog.finish_run(

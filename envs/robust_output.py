@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 
-def write_method_grids(run_dir: Path, uset, grids: dict[str, Any]) -> dict[str, Any]:
+def write_method_grids(run_dir: Path | None, uset, grids: dict[str, Any]) -> dict[str, Any]:
     """Several methods evaluated on one grid (`grids`: method -> envs.GridEvaluation with a leading seed
     axis): results.json, results.md (worst case and average, mean ± std over seeds) and heatmap.png (the
-    seed-mean grid of each method side by side, one color scale). Returns the table."""
+    seed-mean grid of each method side by side, one color scale). Returns the table; `run_dir` None writes
+    nothing (another host than the one that writes)."""
     table = {}
     for method, grid in grids.items():
         worst, average = np.asarray(grid.worst), np.asarray(grid.average)
@@ -26,6 +27,8 @@ def write_method_grids(run_dir: Path, uset, grids: dict[str, Any]) -> dict[str, 
                          "worst_per_seed": worst.tolist(), "average_per_seed": average.tolist(),
                          "worst_values_per_seed": np.asarray(grid.worst_values).tolist(),
                          "grid_returns_per_seed": np.asarray(grid.returns).tolist()}
+    if run_dir is None:
+        return table
     (run_dir / "results.json").write_text(json.dumps(
         {"uncertainty_set": uset.name, "names": uset.names,
          "grid": np.asarray(next(iter(grids.values())).values)[0].tolist(), "methods": table}, indent=2) + "\n")

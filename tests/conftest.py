@@ -49,7 +49,7 @@ _pin_worker_to_its_core()
 # their collection order. A stale list costs balance, never correctness.
 HEAVY_MODULES = ("test_reproduce", "test_resume_sweep", "test_iwocs", "test_qarl", "test_sac", "test_cli", "test_dmc",
                  "test_sharding", "test_stream_x", "test_pqn", "test_truncation", "test_sqirl", "test_evaluate",
-                 "test_gpu_check", "test_multihost")
+                 "test_gpu_check")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks

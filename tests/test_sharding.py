@@ -17,6 +17,7 @@ so TOLERANCE separates rounding from a mix-up with a margin on both sides.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,14 +28,16 @@ import pytest
 from tests.test_cli import ALGORITHMS, ROOT, TINY
 
 RUN_ALL = """
-import csv, json, sys, tempfile
+import csv, hashlib, json, sys, tempfile
 from importlib import import_module
 from pathlib import Path
 import jax
 import numpy as np
 import runner
+import runlog
 
 tiny = json.loads(sys.argv[1])
+root = sys.argv[2] if len(sys.argv) > 2 else None  # where the runs go (default: a scratch directory, removed)
 devices = []  # over how many devices the state a run trained lies
 
 
@@ -52,9 +55,16 @@ for name, flags in tiny.items():
         add_model = module.add_model
         module.add_model = lambda *args: record(add_model(*args))
     devices.clear()
-    with tempfile.TemporaryDirectory() as run_dir:
-        summary = module.main([*flags, "--num-seeds", "4", "--quiet", "--run-dir", run_dir])
-        rows = [list(csv.DictReader(open(Path(run_dir) / f"metrics_seed{i}.csv"))) for i in range(4)]
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = Path(root or scratch) / name
+        summary = module.main([*flags, "--num-seeds", "4", "--quiet", "--run-dir", str(run_dir)])
+        if jax.process_index() != 0:  # another host than host 0 writes nothing
+            out[name] = {"devices": sorted(set(devices)), "wrote": run_dir.exists()}
+            continue
+        rows = [list(csv.DictReader(open(run_dir / f"metrics_seed{i}.csv"))) for i in range(4)]
+        checkpoint = [hashlib.sha256(np.ascontiguousarray(leaf).tobytes()).hexdigest()
+                      for leaf in jax.tree.leaves(runlog.load_checkpoint(run_dir / "checkpoint.msgpack"))]
+        progress = list(csv.DictReader(open(run_dir / "progress.csv")))
     metrics = {key: [[float(row[key]) for row in seed] for seed in rows] for key in rows[0][0]}
     for key, value in summary.items():  # the summary's numbers (not its names, timings or memory)
         try:
@@ -63,7 +73,9 @@ for name, flags in tiny.items():
             continue
         if numbers.size and "second" not in key and "memory" not in key:
             metrics[key] = numbers.tolist()
-    out[name] = {"devices": sorted(set(devices)), "metrics": json.loads(json.dumps(metrics, default=float))}
+    out[name] = {"devices": sorted(set(devices)), "metrics": json.loads(json.dumps(metrics, default=float)),
+                 "checkpoint": checkpoint, "progress": {key: [float(row[key]) for row in progress]
+                                                        for key in progress[0] if key != "seconds"}}
 print("RESULT" + json.dumps(out))
 """
 
@@ -80,8 +92,8 @@ def start_all(device_count: int) -> subprocess.Popen:
                             env=cpu_env(device_count), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen) -> dict:
-    stdout, stderr = process.communicate()
+def finish(process: subprocess.Popen, timeout: float | None = None) -> dict:
+    stdout, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, stderr[-3000:]
     return json.loads(stdout.split("RESULT", 1)[1])
 
@@ -115,6 +127,62 @@ def test_sharded_seeds_match_one_device(results, name):
                 gap = np.abs(values[0] - values[1]) / (TOLERANCE["atol"] + TOLERANCE["rtol"] * np.abs(values[1]))
             margins.append(np.nanmax(gap, initial=0.0))
     assert max(margins, default=0.0) > 100, f"{name}: seeds 0 and 1 are too close to tell apart at this tolerance"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Only a guard against a hang (a host died mid-collective), never a speed limit.
+HOSTS_TIMEOUT_S = 1800
+
+
+def test_two_hosts_write_what_one_process_on_four_devices_writes(results, tmp_path):
+    """Multi-host training for real on one machine: 2 processes joined by `jax.distributed`, each a "host" with 2
+    CPU devices (gloo collectives, the coordinator on 127.0.0.1), started with the environment a launcher sets
+    (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; `runner` passes them to jax.distributed.initialize
+    on import, before gymnax touches the devices). Both run every file's `main` with the 4 seeds of `results`.
+
+    The reference is `results`' process with 4 devices. Both place one seed on each of 4 devices, so each device
+    runs the same 1-seed partition of the same program, and across hosts only outputs move (gathered to host 0):
+    host 0's metrics, summary numbers and checkpoint must equal it bit for bit (tolerance 0). progress.csv holds
+    float64 means of the seeds' float32 values in whatever order their callbacks arrive: 1e-12 relative. Host 1
+    writes nothing, neither its run directories nor anything in its working directory."""
+    address = f"127.0.0.1:{free_port()}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
+    hosts = []
+    try:
+        for host in (0, 1):
+            (tmp_path / f"cwd{host}").mkdir()
+            hosts.append(subprocess.Popen(
+                [sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in CHECKED}), str(tmp_path / f"host{host}")],
+                cwd=tmp_path / f"cwd{host}", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**clean, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                     "PYTHONPATH": str(ROOT), "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+                     "JAX_PROCESS_ID": str(host)}))
+        host0, host1 = (finish(process, HOSTS_TIMEOUT_S) for process in hosts)
+    finally:
+        for process in hosts:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    single = results[1]
+    for name in CHECKED:
+        assert host0[name]["devices"] == host1[name]["devices"] == [4], name  # global arrays over both hosts
+        assert host1[name]["wrote"] is False, name
+        assert host0[name]["checkpoint"] == single[name]["checkpoint"], f"{name}: checkpoint"
+        assert host0[name]["metrics"].keys() == single[name]["metrics"].keys(), name
+        for key, values in single[name]["metrics"].items():
+            np.testing.assert_array_equal(np.asarray(host0[name]["metrics"][key], float), np.asarray(values, float),
+                                          err_msg=f"{name}: {key}")
+        assert host0[name]["progress"].keys() == single[name]["progress"].keys(), name
+        for key, values in single[name]["progress"].items():
+            np.testing.assert_allclose(host0[name]["progress"][key], values, rtol=1e-12, equal_nan=True,
+                                       err_msg=f"{name}: progress {key}")
+    assert not (tmp_path / "host1").exists()
+    assert not any((tmp_path / "cwd1").iterdir()), list((tmp_path / "cwd1").iterdir())
 
 
 RESUME_ON_4_DEVICES = """
