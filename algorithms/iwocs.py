@@ -1013,7 +1013,7 @@ def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = Non
              "DR (IWOCS's fallback)": pieces.grid_plain(bank.fallback, eval_key)}
     grids |= {name: pieces.grid_plain(state["baselines"][name], eval_key) for name, *_ in baselines}
     grids = dict(zip(grids, runlog.gather(list(grids.values()))))  # (a dict's pytree would come back key-sorted)
-    table = envs.write_method_grids(run_dir if host0 else None, uset, grids)
+    table = envs.write_method_grids(run_dir, uset, grids)
     if host0:
         say((run_dir / "results.md").read_text())
 

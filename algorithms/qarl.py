@@ -952,11 +952,10 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         grids = [grid_evaluation(pro, eval_key) for pro, _ in seed_players]
         grid_returns = np.stack([np.asarray(g.returns) for g in grids])
         swept = f", {run.directory.name}" if sizes.sweep_name else ""
-        if jax.process_index() == 0:  # (on several hosts, host 0 writes the run directory)
-            envs.write_grid(run.directory, uset, np.asarray(grids[0].values), grid_returns,
-                            f"QARL {config.adversary == 'on' and config.curriculum or 'off'} on {config.env_id}"
-                            f"{swept}: {uset.name} ({config.num_seeds} seeds, "
-                            f"{sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
+        envs.write_grid(run.directory, uset, np.asarray(grids[0].values), grid_returns,
+                          f"QARL {config.adversary == 'on' and config.curriculum or 'off'} on {config.env_id}"
+                          f"{swept}: {uset.name} ({config.num_seeds} seeds, "
+                          f"{sizes.num_iterations * sizes.steps_per_iteration:,} steps)")
         summaries.append(training.finish(
             run, final_return=np.array([f["final_return"] for f in finals]),
             checkpoint={"protagonist": run.state.protagonist._asdict(), "adversary": run.state.adversary._asdict(),

@@ -11,14 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 
-def write_method_grids(run_dir: Path | None, uset, grids: dict[str, Any]) -> dict[str, Any]:
+def write_method_grids(run_dir: Path, uset, grids: dict[str, Any]) -> dict[str, Any]:
     """Several methods evaluated on one grid (`grids`: method -> envs.GridEvaluation with a leading seed
     axis): results.json, results.md (worst case and average, mean ± std over seeds) and heatmap.png (the
-    seed-mean grid of each method side by side, one color scale). Returns the table; `run_dir` None writes
-    nothing (another host than the one that writes)."""
+    seed-mean grid of each method side by side, one color scale). Returns the table. On several hosts only host 0
+    writes (every host gets the table)."""
     table = {}
     for method, grid in grids.items():
         worst, average = np.asarray(grid.worst), np.asarray(grid.average)
@@ -27,7 +28,7 @@ def write_method_grids(run_dir: Path | None, uset, grids: dict[str, Any]) -> dic
                          "worst_per_seed": worst.tolist(), "average_per_seed": average.tolist(),
                          "worst_values_per_seed": np.asarray(grid.worst_values).tolist(),
                          "grid_returns_per_seed": np.asarray(grid.returns).tolist()}
-    if run_dir is None:
+    if jax.process_index() != 0:
         return table
     (run_dir / "results.json").write_text(json.dumps(
         {"uncertainty_set": uset.name, "names": uset.names,
@@ -61,7 +62,9 @@ def write_method_grids(run_dir: Path | None, uset, grids: dict[str, Any]) -> dic
 def write_grid(run_dir: Path, uset, values: np.ndarray, returns: np.ndarray, title: str):
     """grid.csv (one row per model: parameters, then the return of every seed) and grid.png (mean over
     seeds; 2-D sets as a heatmap, 1-D as a curve). `uset` is an envs.UncertaintySet (names, low, high,
-    nominal, dim); `returns` is [seeds, *grid shape]."""
+    nominal, dim); `returns` is [seeds, *grid shape]. On several hosts only host 0 writes."""
+    if jax.process_index() != 0:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
