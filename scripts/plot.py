@@ -211,18 +211,29 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
         locks = sorted({int(run.env.rsplit("H", 1)[1]) for run, _ in runs})
         heads = sorted({int(run.label.split("=")[1]) for run, _ in runs})
         table = np.full((len(locks), len(heads)), np.nan)
+        solved = {}  # (row, column) -> (seeds solved, median env steps to solve over them): the paper's metric
         for run, run_dir in runs:
             n, k = int(run.env.rsplit("H", 1)[1]), int(run.label.split("=")[1])
-            table[locks.index(n), heads.index(k)] = iqm(np.array(read_summary(run_dir)["final_return"][:seeds])[:, None])
+            summary = read_summary(run_dir)
+            table[locks.index(n), heads.index(k)] = iqm(np.array(summary["final_return"][:seeds])[:, None])
+            steps = [s for s in summary.get("steps_to_solve", [None])[:seeds] if s is not None]
+            if "steps_to_solve" in summary:
+                solved[locks.index(n), heads.index(k)] = (len(steps), np.median(steps) if steps else None)
         fig, ax = plt.subplots(figsize=(max(6.4, 1.0 * len(heads) + 2.5), 0.7 * len(locks) + 2.4), dpi=80)
         image = ax.imshow(table, cmap="viridis", aspect="auto", origin="lower")
         for (a, b), value in np.ndenumerate(table):
-            ax.text(b, a, f"{value:.2f}", ha="center", va="center", fontsize=8,
+            text = f"{value:.2f}"
+            if (a, b) in solved:  # solved seeds, and the median steps_to_solve of those
+                count, median = solved[a, b]
+                text += f"\n{count}/{seeds}" + (f" {median / 1000:.0f}k" if median is not None else "")
+            ax.text(b, a, text, ha="center", va="center", fontsize=7 if solved else 8,
                     color="black" if value > 0.5 * np.nanmax(table) else "white")
         ax.set_xticks(range(len(heads)), [f"k={k}" for k in heads])
         ax.set_yticks(range(len(locks)), [f"H{n}" for n in locks])
         ax.set(xlabel="Q heads k (fitted-Q steps)", ylabel="CombinationLock (effective horizon n)")
         fig.colorbar(image, ax=ax, label="greedy return, IQM over seeds")
+        if solved:
+            ax.set_title("in each cell: greedy return; seeds solved, median env steps to solve", fontsize=8)
     elif figure.kind == "robustness":
         tables = [table for run, run_dir in runs for table in read_grids(run, run_dir)]
         fig, axes = plt.subplots(1, len(tables) + 1, figsize=(3.6 * (len(tables) + 1), 3.6), dpi=80, squeeze=False)
