@@ -664,25 +664,6 @@ def _place(tree: Any, keys: jax.Array, batch_axes: int) -> Any:
     return jax.device_put(tree, NamedSharding(sharding.mesh, spec))
 
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_compile_seconds = [0.0]
-
-
-def _count_compile_time(event: str, seconds: float, **_) -> None:
-    if event in _COMPILE_EVENTS:
-        _compile_seconds[0] += seconds
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
-
-
-def compile_seconds() -> float:
-    """The seconds this process has spent tracing, lowering and compiling JAX programs so far (jax.monitoring's
-    events): the compile time of a run whose programs compile on their first call (IWOCS's stages)."""
-    return _compile_seconds[0]
-
-
 def compile_and_run(fn: Callable, *args):
     """jit `fn`, compile it for `args`, run it; return (outputs, compile_seconds, run_seconds)."""
     t0 = time.perf_counter()

@@ -17,23 +17,26 @@ Run (from the repository root):
     python algorithms/iwocs.py                                   # pendulum: mass x length, minutes on a CPU
     python algorithms/iwocs.py --search grid                     # IWOCS*: grid search instead of CMA-ES
     python algorithms/iwocs.py --preset brax-hopper-2d --num-seeds 4
-    python algorithms/iwocs.py --sweep epsilon=1,5,20              # one run after another, RUN_DIR/epsilon=V
+    python algorithms/iwocs.py --sweep epsilon=1,5,20              # one vmapped program, RUN_DIR/epsilon=V
     python algorithms/iwocs.py --resume runs/iwocs_Pendulum-v1_... # continue from the last finished stage
 
-Outputs in the run directory: iterations.json (per iteration and seed: the worst-case parameters found,
-their discounted value V(s0) and undiscounted return, the robust Q at s0 / reward_scale, each model's Q_j(s0),
-how often the DR fallback acted on the worst case, the gap, ρ_j, stopped; rewritten after every iteration
-together with checkpoint.msgpack, so a crash loses at most one iteration),
-metrics_seed<i>.csv and curve.png (the SAC runs one after another, env_steps counted across them),
-results.json / results.md (worst-case and average return over the 10-per-axis grid, eval_episodes
-episodes per point, for IWOCS, the DR policy and a nominal SAC policy, each trained with the same total
-budget), heatmap.png, summary.json, and
-resume.msgpack (the whole state after the last finished stage: DR policy, iteration or baseline, for --resume).
+The run is one program of stages (make_train: the DR policy, then M + 1 worst-case searches, the first M each
+followed by a SAC run on the model found, then the two baselines), run by the harness like the other files:
+seeds and swept values vmapped, the whole state saved after every stage (resume.npz, for --resume).
+Outputs in the run directory: metrics_seed<i>.csv (one row per stage: env_steps across every SAC run, the
+baselines' included; the stage's SAC training return and losses over its last tenth; at each search the
+worst-case parameters found, their discounted value V(s0) and undiscounted return, the robust Q at s0 /
+reward_scale, each model's Q_j(s0) and ρ_j, how often the DR fallback acted on the worst case, the gap,
+stopped), iterations.json (the same per iteration, by seed), curve.png, results.json / results.md (worst-case
+and average return over the 10-per-axis grid, eval_episodes episodes per point, for IWOCS, the DR policy and a
+nominal SAC policy, each trained with the same total budget), heatmap.png, checkpoint.msgpack (every seed's
+bank) and summary.json.
 
 Choices where the paper is silent:
 - total_timesteps is the budget per seed of the whole method: dr_fraction of it for the DR policy, the
   rest split evenly over the M iterations (the paper's 1.6M + 3 x 0.8M is dr_fraction 0.4). The DR and
-  nominal baselines each get all of total_timesteps. Iterations skipped by the stopping rule are not spent.
+  nominal baselines each get all of total_timesteps. A seed's iterations after its stopping rule held add
+  nothing to its bank.
 - The unregularized Q is trained on r + γ (1 - term) Q̄(s', tanh(μ(s'))), the deterministic action the
   robust policy takes (one head, as the paper's critic; `--twin-plain-q` uses two and their minimum,
   clipped double Q, which measurably did not narrow the stopping gap: docs/iwocs.md); the dynamics head predicts s' - s from (s, a) (obs
@@ -55,8 +58,8 @@ Choices where the paper is silent:
   all candidates); candidates outside [0, 1]^d are clipped. The robust Q at s0 is averaged over the same
   initial states. Evaluations use deterministic actions tanh(μ).
 - Seeds run together (vmapped); a seed that has stopped keeps its bank and ρ (so its robust policy) from
-  then on, although the vmapped program still trains a model for it; the loop ends when all seeds have
-  stopped or after M iterations.
+  then on, although the vmapped program still trains a model for it. Every run has its M iterations' stages,
+  even when every seed has stopped early (their SAC runs are then computed and left out).
 
 Differences from the authors' code, and why: the authors' code could not be found (searched for IWOCS /
 Zouitine; it is not public), so the reference is the paper itself. Known differences from the paper:
@@ -78,8 +81,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
@@ -203,17 +204,19 @@ class Config:
     wandb_project: str = "jax-rl-collection"
     """wandb project name."""
     sweep: str = ""
-    """Run IWOCS once per value of one hyperparameter, e.g. epsilon=1,5,20, each into RUN_DIR/NAME=V (see
-    SWEEPABLE). The runs go one after another, not as one vmapped program: the outer loop is Python, and what it
-    runs next (the worst-case model, whether a seed stops) depends on each run's results."""
+    """Train every value of one hyperparameter in one vmapped program, e.g. epsilon=1,5,20, each value's run into
+    RUN_DIR/NAME=V (see SWEEPABLE)."""
+    num_checkpoints: int = 64
+    """Times the whole state is saved during the run (RUN_DIR/resume.npz), for --resume: the run's stages (the DR
+    policy, each iteration, each baseline) are cut into the most equal chunks <= this that divide their number;
+    the default saves after every stage."""
     resume: bool = False
-    """Set by `--resume RUN_DIR`, which continues that run from its last saved state. The state
-    (RUN_DIR/resume.msgpack) is saved at stage boundaries: after the DR policy, after each iteration and after
-    each baseline, so there is no --num-checkpoints."""
+    """Set by `--resume RUN_DIR`, which continues that run from its last saved state."""
 
 
-# Hyperparameters that `--sweep` can vary (numbers; each value is its own run).
-SWEEPABLE = ("epsilon", "gamma", "tau", "actor_lr", "critic_lr", "alpha_lr", "reward_scale", "dr_fraction")
+# Hyperparameters that `--sweep` can vary inside one vmapped program (they enter the run as numbers). Not gamma:
+# it sets the search episodes' length (search_steps); not dr_fraction: it sets the stages' lengths.
+SWEEPABLE = ("epsilon", "tau", "actor_lr", "critic_lr", "alpha_lr", "reward_scale")
 
 
 # Where each value comes from. The IWOCS paper: SAC actor lr 3e-4, critic lr 1e-3, batch 256,
@@ -242,6 +245,9 @@ class Sizes(NamedTuple):
     dr_steps: int  # env steps per seed of the DR policy
     iteration_steps: int  # env steps per seed of each worst-case SAC run
     updates_per_iteration: int
+    num_stages: int  # the DR policy, M + 1 searches (the first M each followed by a SAC run), the baselines
+    sweep_name: str | None
+    sweep_values: tuple[float, ...]
 
 
 def derive_sizes(config: Config) -> Sizes:
@@ -251,7 +257,7 @@ def derive_sizes(config: Config) -> Sizes:
         raise runner.ConfigError(f"Uncertainty set {uset.name!r} is for {uset.env_id!r}, not --env-id {config.env_id!r}: "
                          f"pass --env-id {uset.env_id} or another --uncertainty-set.")
     for name in ("num_seeds", "max_iterations", "num_envs", "batch_size", "hidden_size", "cmaes_generations",
-                 "cmaes_population"):
+                 "cmaes_population", "num_checkpoints"):
         if getattr(config, name) < 1:
             raise runner.ConfigError(f"{name} must be at least 1, got {getattr(config, name)}.")
     if config.search_grid_per_axis < 2 or config.eval_grid_per_axis < 2:
@@ -288,7 +294,11 @@ def derive_sizes(config: Config) -> Sizes:
         raise runner.ConfigError(f"Each SAC run must outlast learning_starts ({config.learning_starts}): the DR run gets "
                          f"{dr_steps} steps and each of the {config.max_iterations} iterations {iteration_steps}. "
                          f"Raise --total-timesteps or lower --learning-starts / --max-iterations.")
-    return Sizes(dr_steps, iteration_steps, int(round(updates)))
+    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
+    for value in sweep_values:  # every swept value must be a valid config on its own
+        derive_sizes(dataclasses.replace(config, **{sweep_name: value}, sweep=""))
+    num_stages = 1 + config.max_iterations + 1 + (2 if config.baselines else 0)
+    return Sizes(dr_steps, iteration_steps, int(round(updates)), num_stages, sweep_name, sweep_values)
 
 
 def make_env(config: Config):
@@ -512,7 +522,7 @@ def search_steps(config: Config, episode_steps: int) -> int:
 def make_sac(config: Config, num_steps: int, randomize: bool, progress: Callable | None = None) -> Callable:
     """`train(key, model_values, step_offset) -> (Agent, metrics)`: SAC on the model `model_values` (physical
     units, traced: one compile serves every iteration), or on domain randomization when `randomize`."""
-    sizes = derive_sizes(config)
+    sizes = derive_sizes(runner.untraced(config))  # checks compare plain numbers
     base, env_params, uset, action_dim, (action_low, action_high) = make_env(config)
     env = envs.EpisodeStatistics(envs.DomainRandomization(base, uset) if randomize else base)
     obs_dim = base.observation_space(env_params).shape[0]
@@ -685,23 +695,23 @@ def grid_search(evaluate: Callable, uset, key, config: Config):
 
 
 # ----------------------------------------------------------------------------------------------------
-# IWOCS: the pieces the outer loop calls (each jitted, seeds vmapped)
+# IWOCS: the pieces a stage calls (one seed's bank; `batched`: jitted with a leading seed axis, for the final
+# evaluation and the tests)
 
 
 class Pieces(NamedTuple):
-    search: Callable  # (banks, keys) -> (worst values (S, d), V(s0) there (S,))
-    robust_q_at_start: Callable  # (banks, values (S, d), keys) -> robust Q / reward_scale at the search's starts (S,)
-    model_q_at_start: Callable  # (banks, values (S, d), keys) -> each model's Q_j(s0) / reward_scale there (S, M)
-    fallback_rate: Callable  # (banks, values (S, d), keys) -> fraction of steps the DR fallback acts there (S,)
-    model_value: Callable  # (banks, values (S, d), keys) -> V(s0) of the robust policy, as the search sees it (S,)
-    model_return: Callable  # (banks, values (S, d), keys) -> undiscounted return of the robust policy (S,)
-    select_rho: Callable  # (banks, found values (S, M, d), found mask (S, M), keys) -> (ρ (S,), scores (S, R))
-    grid_robust: Callable  # (banks, key) -> GridEvaluation with a seed axis
-    grid_plain: Callable  # (agents, key) -> GridEvaluation with a seed axis
-    empty_bank: Callable  # (fallback agents with a seed axis) -> Bank with no active model
+    search: Callable  # (bank, key) -> (worst values (d,), V(s0) there)
+    robust_q_at_start: Callable  # (bank, values (d,), key) -> robust Q / reward_scale at the search's starts
+    model_q_at_start: Callable  # (bank, values (d,), key) -> each model's Q_j(s0) / reward_scale there (M,)
+    fallback_rate: Callable  # (bank, values (d,), key) -> fraction of steps the DR fallback acts there
+    model_value: Callable  # (bank, values (d,), key) -> V(s0) of the robust policy, as the search sees it
+    model_return: Callable  # (bank, values (d,), key) -> undiscounted return of the robust policy
+    select_rho: Callable  # (bank, found values (M, d), found mask (M,), key) -> (ρ, scores (R,))
+    grid_robust: Callable  # (bank, key) -> GridEvaluation
+    grid_plain: Callable  # (agent, key) -> GridEvaluation
 
 
-def make_pieces(config: Config) -> Pieces:
+def make_pieces(config: Config, batched: bool = True) -> Pieces:
     base, env_params, uset, action_dim, (low, high) = make_env(config)
     obs_dim = base.observation_space(env_params).shape[0]
     actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
@@ -795,54 +805,159 @@ def make_pieces(config: Config) -> Pieces:
     grid_plain = envs.make_grid_evaluator(base, env_params, uset, plain_policy, config.eval_grid_per_axis,
                                           episode_steps, config.eval_episodes)
 
-    def empty_bank(fallback: Agent) -> Bank:
-        models = jax.tree.map(lambda x: jnp.zeros((x.shape[0], config.max_iterations) + x.shape[1:], x.dtype),
-                              fallback)
-        return Bank(models, jnp.zeros((fallback.rho.shape[0], config.max_iterations), bool), fallback)
-
-    return Pieces(
-        search=jax.jit(jax.vmap(search)),
-        robust_q_at_start=jax.jit(jax.vmap(robust_q_at_start)),
-        model_q_at_start=jax.jit(jax.vmap(model_q_at_start)),
-        fallback_rate=jax.jit(jax.vmap(fallback_rate)),
-        model_value=jax.jit(jax.vmap(model_value)),
-        model_return=jax.jit(jax.vmap(model_return)),
-        select_rho=jax.jit(jax.vmap(select_rho)),
-        grid_robust=jax.jit(jax.vmap(grid_robust, in_axes=(0, None))),
-        grid_plain=jax.jit(jax.vmap(grid_plain, in_axes=(0, None))),
-        empty_bank=empty_bank,
-    )
+    pieces = Pieces(search, robust_q_at_start, model_q_at_start, fallback_rate, model_value, model_return, select_rho,
+                    grid_robust, grid_plain)
+    if not batched:
+        return pieces
+    return Pieces(*(jax.jit(jax.vmap(f, in_axes=(0, None) if f in (grid_robust, grid_plain) else 0)) for f in pieces))
 
 
-def _per_seed(keep: jax.Array, new, old):
-    """new where keep[seed], else old, for leaves with a leading seed axis."""
-    return jnp.where(keep.reshape(keep.shape + (1,) * (new.ndim - 1)), new, old)
+def add_model(bank: Bank, agent: Agent, slot, keep) -> Bank:
+    """Put the new agent in `slot` of the bank if `keep` (the seed has not stopped); a stopped seed's bank stays as
+    it was, bit for bit, so its robust policy is the one the stopping rule accepted."""
+    models = jax.tree.map(lambda stored, new: stored.at[slot].set(jnp.where(keep, new, stored[slot])),
+                          bank.models, agent)
+    return bank._replace(models=models, active=bank.active.at[slot].set(keep | bank.active[slot]))
 
 
-def add_model(bank: Bank, agents: Agent, slot: int, keep: jax.Array) -> Bank:
-    """Put each seed's new agent in `slot` of its bank where `keep` (seeds that have not stopped); a stopped seed's
-    bank stays as it was, bit for bit, so its robust policy is the one the stopping rule accepted."""
-    models = jax.tree.map(lambda stored, new: stored.at[:, slot].set(_per_seed(keep, new, stored[:, slot])),
-                          bank.models, agents)
-    return bank._replace(models=models, active=bank.active.at[:, slot].set(keep | bank.active[:, slot]))
+def set_bank_rho(bank: Bank, rho, keep) -> Bank:
+    """One ρ for every model of the bank, if `keep`; a stopped seed keeps its ρ."""
+    return bank._replace(models=bank.models._replace(rho=jnp.where(keep, rho, bank.models.rho)))
 
 
-def set_bank_rho(bank: Bank, rho: jax.Array, keep: jax.Array) -> Bank:
-    """One ρ per seed (S,) for every model of its bank, where `keep`; stopped seeds keep their ρ."""
-    rho = _per_seed(keep, jnp.broadcast_to(rho[:, None], bank.models.rho.shape), bank.models.rho)
-    return bank._replace(models=bank.models._replace(rho=rho))
+# ----------------------------------------------------------------------------------------------------
+# THE RUN: its stages as one program (the DR policy, the iterations, the baselines), run by the harness
+
+
+BASELINES = ("DR SAC", "nominal SAC")  # trained with the same total budget as IWOCS, each from its own key
+
+
+class RunState(NamedTuple):
+    """What one seed's run keeps between stages (the harness adds the seed axis and saves it after every stage)."""
+
+    bank: Bank  # the models trained so far and the DR fallback (from stage 0 on)
+    stopped: jax.Array  # the stopping rule has held: the bank and ρ stay as they were then
+    found: jax.Array  # (M, d) the worst cases the bank's models were trained on
+    baselines: Agent  # leaves stacked on a leading axis of 2: DR SAC, nominal SAC (zeros without --baselines)
+    env_steps: jax.Array  # env steps of every SAC run so far, the baselines' included
+    key: jax.Array
+
+
+def make_train(config: Config, progress: Callable | None = None) -> runner.Program:
+    """Build the whole run as a `runner.Program`: `make_train(config)(key) -> (RunState, metrics)` runs it in one
+    jittable scan over its stages; `runner.run_program` runs it in chunks, with the state saved after each.
+
+    Stage 0 trains the DR policy (the fallback); stage 1 + i searches for the worst model against the robust
+    policy of the i models trained so far, applies the stopping rule and, for i < M, trains a SAC agent on that
+    model and adds it to the bank; the last two stages train the baselines. Each stage logs one row of metrics.
+    Every hyperparameter is read from `config`; under `--sweep`, the runner calls this with the swept field traced.
+    """
+    sizes = derive_sizes(runner.untraced(config))  # checks compare plain numbers
+    base, env_params, uset, action_dim, _ = make_env(config)
+    obs_dim = base.observation_space(env_params).shape[0]
+    actor_net = Actor(action_dim, config.hidden_size, config.num_layers)
+    critic_net = Critic(obs_dim, config.hidden_size, config.num_layers, config.twin_plain_q)
+    num_models = config.max_iterations
+    iwocs_steps = sizes.dr_steps + num_models * sizes.iteration_steps  # also each baseline's budget
+    train_dr = make_sac(config, sizes.dr_steps, True, progress)
+    train_model = make_sac(config, sizes.iteration_steps, False, progress)
+    train_baselines = [make_sac(config, iwocs_steps, randomize, progress) for randomize in (True, False)]
+    pieces = make_pieces(config, batched=False)
+    nominal = jnp.asarray(uset.nominal, jnp.float32)
+    nan = jnp.float32(jnp.nan)
+
+    def untrained_agent(key) -> Agent:
+        """An agent of the shapes SAC returns (placeholder of a bank slot, the fallback and the baselines)."""
+        key_actor, key_critic = jax.random.split(key)
+        obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
+        return Agent(actor_net.init(key_actor, obs), critic_net.init(key_critic, obs, action),
+                     RunningStats(jnp.float32(1e-4), jnp.zeros(obs_dim), jnp.ones(obs_dim)), jnp.float32(0.0))
+
+    def init(key):
+        agent = untrained_agent(key)
+        zeros = lambda n: jax.tree.map(lambda x: jnp.zeros((n,) + x.shape, x.dtype), agent)
+        bank = Bank(zeros(num_models), jnp.zeros(num_models, bool), agent)
+        return RunState(bank, jnp.bool_(False), jnp.zeros((num_models, uset.dim), jnp.float32), zeros(2),
+                        jnp.int32(0), key)
+
+    def row(state: RunState, stage: int, sac_metrics=None, measured=None):
+        """The stage's metrics row: the SAC run's training return and losses over its last tenth (NaN for a stage
+        without one), the search's measures (NaN outside iterations), env steps and whether the seed stopped."""
+        if sac_metrics is None:
+            sac = {k: nan for k in ("episode_return", "soft_q_loss", "plain_q_loss", "dynamics_loss")}
+        else:
+            tail = max(jax.tree.leaves(sac_metrics)[0].shape[0] // 10, 1)
+            sac = {k: jnp.nanmean(sac_metrics[k][-tail:]) for k in ("episode_return", "soft_q_loss", "plain_q_loss",
+                                                                     "dynamics_loss")}
+        names = ("worst_value_v_s0", "worst_return", "robust_q_s0", "gap", "fallback_rate")
+        measured = measured or {**{k: nan for k in names}, **{f"worst_{n}": nan for n in uset.names},
+                                **{f"model_q_s0_{j}": nan for j in range(num_models)},
+                                **{f"rho_{j}": nan for j in range(num_models)}}
+        return {"env_steps": state.env_steps, "stage": jnp.int32(stage), "stopped": state.stopped.astype(jnp.float32),
+                "models": state.bank.active.sum().astype(jnp.int32), **sac, **measured}
+
+    # DOMAIN-RANDOMIZATION POLICY (the fallback)
+    def dr_stage(state: RunState, index):
+        fallback, metrics = train_dr(jax.random.fold_in(state.key, 0), nominal, 0)
+        state = state._replace(bank=state.bank._replace(fallback=fallback), env_steps=jnp.int32(sizes.dr_steps))
+        return state, row(state, 0, metrics)
+
+    def iteration_stage(state: RunState, index):
+        i = index - 1  # models in the bank
+        key = jax.random.fold_in(state.key, 1000 + i)
+        bank = state.bank
+        # WORST-CASE SEARCH against the current robust policy (the DR policy alone at i = 0)
+        worst_values, worst_value = pieces.search(bank, key)
+        robust_q = pieces.robust_q_at_start(bank, worst_values, key)
+        model_q = pieces.model_q_at_start(bank, worst_values, key)
+        measured = {"worst_value_v_s0": worst_value, "worst_return": pieces.model_return(bank, worst_values, key),
+                    "robust_q_s0": robust_q, "gap": jnp.abs(worst_value - robust_q),
+                    "fallback_rate": pieces.fallback_rate(bank, worst_values, key),
+                    **{f"worst_{n}": worst_values[d] for d, n in enumerate(uset.names)},
+                    **{f"model_q_s0_{j}": model_q[j] for j in range(num_models)},
+                    **{f"rho_{j}": bank.models.rho[j] for j in range(num_models)}}
+        # STOPPING RULE (a robust Q exists from the first trained model on)
+        state = state._replace(stopped=state.stopped | ((i > 0) & should_stop(worst_value, robust_q, config.epsilon)))
+
+        def solve(state: RunState):
+            """SOLVE THE STATIC MDP of the worst case, add the agent to the bank (a stopped seed's agent is trained,
+            inside the same vmapped program, and left out)."""
+            agent, metrics = train_model(jax.random.fold_in(state.key, i + 1), worst_values, state.env_steps)
+            running = ~state.stopped
+            bank = add_model(state.bank, agent, i, running)
+            found = state.found.at[i].set(jnp.where(running, worst_values, state.found[i]))
+            if config.rho_selection == "worst-case":  # one ρ for the bank, checked on every worst case found so far
+                rho, _ = pieces.select_rho(bank, found, bank.active, key)
+                bank = set_bank_rho(bank, rho, running)
+            state = state._replace(bank=bank, found=found, env_steps=state.env_steps + sizes.iteration_steps)
+            return state, row(state, 1, metrics, measured)
+
+        # after the last search there is nothing to train (i = M)
+        return jax.lax.cond(i < num_models, solve, lambda state: (state, row(state, 1, None, measured)), state)
+
+    # BASELINES: DR and nominal SAC with the same total budget
+    def baseline_stage(b: int):
+        def stage(state: RunState, index):
+            agent, metrics = train_baselines[b](jax.random.fold_in(state.key, 500 + b), nominal, state.env_steps)
+            baselines = jax.tree.map(lambda stored, new: stored.at[b].set(new), state.baselines, agent)
+            state = state._replace(baselines=baselines, env_steps=state.env_steps + iwocs_steps)
+            return state, row(state, 2, metrics)
+        return stage
+
+    stages = [dr_stage, iteration_stage] + ([baseline_stage(0), baseline_stage(1)] if config.baselines else [])
+
+    def update(state: RunState, index):
+        branch = jnp.where(index == 0, 0, jnp.where(index <= num_models + 1, 1, index - num_models))
+        return jax.lax.switch(branch, stages, state, index)
+
+    def train(key):
+        return jax.lax.scan(update, init(key), jnp.arange(sizes.num_stages))
+
+    return runner.Program(init, update, sizes.num_stages, train)
 
 
 # ----------------------------------------------------------------------------------------------------
 # OUTPUT
-
-
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Everything the outer loop keeps between stages (for --resume), atomically; records as JSON text. On several
-    hosts every host gathers the seeds of all (a collective) and host 0 writes."""
-    state = runlog.gather({**state, "records": json.dumps(state["records"])})
-    if jax.process_index() == 0:
-        runlog.save_checkpoint(path, state)
 
 
 def agent_from_dict(d: dict) -> Agent:
@@ -852,13 +967,6 @@ def agent_from_dict(d: dict) -> Agent:
 
 def bank_from_dict(d: dict) -> Bank:
     return jax.tree.map(jnp.asarray, Bank(agent_from_dict(d["models"]), d["active"], agent_from_dict(d["fallback"])))
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    state = runlog.load_checkpoint(path)
-    return {**state, "bank": bank_from_dict(state["bank"]), "found": jnp.asarray(state["found"]),
-            "records": json.loads(state["records"]),
-            "baselines": {name: agent_from_dict(d) for name, d in state["baselines"].items()}}
 
 
 def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> runner.Policy:
@@ -884,150 +992,82 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
     return runner.Policy(env, env_params, act=robust_act, start=lambda obs: init(bank, obs), final_return=final_return)
 
 
-def main(args: list[str] | None = None, stop_after_stages: int | None = None) -> dict[str, Any] | list[dict[str, Any]]:
-    """Run IWOCS (once per value of a --sweep, one after another); return the summary (a list for a sweep).
-    `stop_after_stages=N` raises runner.RunInterrupted once N stages are saved, as a killed run would stop."""
+def iteration_records(metrics: dict[str, np.ndarray], config: Config, uset) -> list[dict[str, Any]]:
+    """iterations.json: per iteration i (the search against the bank of i models), every seed's worst case found,
+    its V(s0) and return, the robust Q(s0), each model's Q_j(s0) and ρ_j, the fallback rate, the gap and whether
+    the seed had stopped (infinite values as null)."""
+    sizes = derive_sizes(config)
+
+    def column(name, row):
+        return np.asarray(metrics[name][:, row], float)
+
+    def finite(values):
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    records = []
+    for i in range(config.max_iterations + 1):
+        row = 1 + i
+        records.append({
+            "iteration": i, "env_steps": sizes.dr_steps + i * sizes.iteration_steps, "models": i,
+            "worst_values": np.stack([column(f"worst_{n}", row) for n in uset.names], 1).tolist(),
+            "worst_value_v_s0": column("worst_value_v_s0", row).tolist(),
+            "worst_return": column("worst_return", row).tolist(),
+            "robust_q_s0": finite(column("robust_q_s0", row)), "gap": finite(column("gap", row)),
+            "stopped": (column("stopped", row) > 0).tolist(),
+            "model_q_s0": np.stack([column(f"model_q_s0_{j}", row) for j in range(i)], 1).tolist() if i else
+            [[] for _ in range(config.num_seeds)],
+            "fallback_rate": column("fallback_rate", row).tolist(),
+            "rho": np.stack([column(f"rho_{j}", row) for j in range(i)], 1).tolist() if i else
+            [[] for _ in range(config.num_seeds)],
+        })
+    return records
+
+
+def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Train, evaluate over the grid, write the run directory (one per swept value); return its summary (a list
+    for a sweep)."""
     config = runner.parse_config(Config, PRESETS, args)
-    sweep_name, sweep_values = runner.parse_sweep(config.sweep, SWEEPABLE)
-    run_dir = runlog.run_path(config, NAME)
-    run_configs = {directory: dataclasses.replace(run_config, run_dir=str(directory)) for directory, run_config
-                   in runner.sweep_run_configs(run_dir, config, sweep_name, sweep_values).items()}
-    for run_config in run_configs.values():
-        derive_sizes(run_config)  # bad input (of any swept value) raises here, before anything is compiled
-    if sweep_name:
-        runlog.start_run(run_dir, config, NAME)  # the sweep's config.json, for --resume of the whole sweep
-    try:
-        summaries = [run_iwocs(run_config, directory, stop_after_stages)
-                     for directory, run_config in run_configs.items()]
-    except KeyboardInterrupt:  # (after the jitted call in progress returns: a stage's state is saved at its end)
-        print(f"\nInterrupted: the state after the last finished stage is in {run_dir}; continue with: "
-              f"{runner.resume_command(NAME, run_dir)}", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    return summaries if sweep_name else summaries[0]
-
-
-def run_iwocs(config: Config, run_dir: Path, stop_after_stages: int | None = None) -> dict[str, Any]:
-    """One IWOCS run into `run_dir`, from its saved state if config.resume and the run saved one."""
     sizes = derive_sizes(config)
     uset = envs.uncertainty_set(config.uncertainty_set)
-    total_steps = sizes.dr_steps + config.max_iterations * sizes.iteration_steps
-    progress = runlog.Progress(run_dir, total_steps, config.num_seeds, config.quiet, every_seconds=5.0)
-    train_dr = jax.jit(jax.vmap(make_sac(config, sizes.dr_steps, True, progress), in_axes=(0, None, None)))
-    train_model = jax.jit(jax.vmap(make_sac(config, sizes.iteration_steps, False, progress), in_axes=(0, 0, None)))
+    iwocs_steps = sizes.dr_steps + config.max_iterations * sizes.iteration_steps
+    training = runner.train(
+        NAME, config, make_train, iwocs_steps * (1 + len(BASELINES) * config.baselines),
+        (sizes.sweep_name, sizes.sweep_values), every_seconds=5.0, budget=True,
+        detail=f"{uset.name}: {' x '.join(uset.names)}; DR {sizes.dr_steps:,} steps + {config.max_iterations} x "
+               f"{sizes.iteration_steps:,}, search {config.search}"
+               f"{', baselines DR and nominal SAC with as many' if config.baselines else ''}")
+    # EVALUATION over the grid: IWOCS, its DR fallback and the baselines, on the episodes of --seed. The grid
+    # evaluators read no swept field, so one set serves every swept value.
     pieces = make_pieces(config)
-    runlog.start_run(run_dir, config, NAME)
-    keys = runner.seed_keys(config.seed, config.num_seeds)
-    nominal = jnp.asarray(uset.nominal, jnp.float32)
-    host0 = jax.process_index() == 0  # on several hosts, host 0 writes and prints; arrays are gathered by all
-    say = (lambda *a: None) if config.quiet or not host0 else (lambda *a: print(*a, flush=True))
-    say(f"{NAME} on {config.env_id} ({uset.name}: {' x '.join(uset.names)}), {config.num_seeds} seed(s), DR "
-        f"{sizes.dr_steps:,} steps + up to {config.max_iterations} x {sizes.iteration_steps:,}, search "
-        f"{config.search} -> {run_dir}")
-    state_path = run_dir / "resume.msgpack"
-    if config.resume and not state_path.exists():
-        say(f"--resume: no saved state in {run_dir} (it stopped before its first stage): starting it from the beginning.")
-    state = load_state(state_path) if config.resume and state_path.exists() else None
-    started = time.perf_counter() - (state["seconds"] if state else 0.0)
-    # The stages' programs compile on their first call: the seconds JAX spends on that, counted as it happens
-    compiled_before = runner.compile_seconds() - (state.get("compile_seconds", 0.0) if state else 0.0)
-
-    def stage_done(**changes):
-        """Save the state after a stage (DR policy, loop iteration, baseline); stop here if the test asks to."""
-        state.update(changes, stages_done=state["stages_done"] + 1, seconds=time.perf_counter() - started,
-                     compile_seconds=runner.compile_seconds() - compiled_before)
-        save_state(state_path, state)
-        if stop_after_stages is not None and state["stages_done"] >= stop_after_stages:
-            raise runner.RunInterrupted(f"stopped after {state['stages_done']} stages")
-
-    # DOMAIN-RANDOMIZATION POLICY (the fallback)
-    if state is None:
-        fallback, dr_metrics = train_dr(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), nominal, 0)
-        state = {"stages_done": 0, "iteration": 0, "env_steps": sizes.dr_steps, "records": [], "baselines": {}}
-        stage_done(bank=pieces.empty_bank(fallback), metrics=runlog.gather(dr_metrics),
-                   stopped=np.zeros(config.num_seeds, bool),
-                   found=jnp.zeros((config.num_seeds, config.max_iterations, uset.dim)))  # the worst cases trained on
-    bank, stopped, found, records, env_steps = (state[k] for k in ("bank", "stopped", "found", "records", "env_steps"))
-    for i in range(state["iteration"], config.max_iterations + 1):
-        # WORST-CASE SEARCH against the current robust policy (the DR policy alone at i = 0)
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + i)
-        search_keys = jax.random.split(key, config.num_seeds)
-        worst_values, worst_value = pieces.search(bank, search_keys)
-        robust_q, worst_return, model_q, fallback, worst_value, found_now, rho_now = runlog.gather((
-            *(measure(bank, worst_values, search_keys) for measure in (
-                pieces.robust_q_at_start, pieces.model_return, pieces.model_q_at_start, pieces.fallback_rate)),
-            worst_value, worst_values, bank.models.rho))
-        gap = np.abs(worst_value - robust_q)
-        if i > 0:  # STOPPING RULE (a robust Q exists from the first trained model on)
-            stopped = stopped | np.asarray(should_stop(worst_value, robust_q, config.epsilon))
-        records.append({
-            "iteration": i, "env_steps": env_steps, "models": i,
-            "worst_values": found_now.tolist(), "worst_value_v_s0": worst_value.tolist(),
-            "worst_return": worst_return.tolist(),
-            "robust_q_s0": [float(q) if np.isfinite(q) else None for q in robust_q],
-            "gap": [float(g) if np.isfinite(g) else None for g in gap], "stopped": stopped.tolist(),
-            "model_q_s0": model_q[:, :i].tolist(), "fallback_rate": fallback.tolist(),
-            "rho": rho_now[:, :i].tolist(), "seconds": time.perf_counter() - started,
-            "compile_seconds": runner.compile_seconds() - compiled_before,
-        })
-        bank_now = runlog.gather(bank._asdict())
-        if host0:
-            runlog.write_json(run_dir / "iterations.json", records)
-            runlog.save_checkpoint(run_dir / "checkpoint.msgpack", bank_now)
-        say(f"iteration {i}: worst {dict(zip(uset.names, found_now.mean(0).round(3).tolist()))} "
-            f"(seed mean) V(s0) {worst_value.mean():.2f} return {worst_return.mean():.1f} robust Q(s0) "
-            f"{np.nanmean(np.where(np.isfinite(robust_q), robust_q, np.nan)) if i else float('nan'):.2f} "
-            f"stopped {int(stopped.sum())}/{config.num_seeds}")
-        if i == config.max_iterations or stopped.all():
-            stage_done(iteration=config.max_iterations + 1, stopped=stopped, records=records)
-            break
-        # SOLVE THE STATIC MDP of each seed's worst case, add the agent to the bank
-        iteration_keys = jax.vmap(lambda k: jax.random.fold_in(k, i + 1))(keys)
-        # (stopped seeds are trained too, inside the same vmapped program, but their banks and ρ stay as they are)
-        agents, new_metrics = train_model(iteration_keys, worst_values, env_steps)
-        running = jnp.asarray(~stopped)
-        bank = add_model(bank, agents, i, running)
-        found = found.at[:, i].set(_per_seed(running, worst_values, found[:, i]))
-        if config.rho_selection == "worst-case":  # one ρ for the bank, checked on every worst case found so far
-            rho, _ = pieces.select_rho(bank, found, bank.active, search_keys)
-            bank = set_bank_rho(bank, rho, running)
-        env_steps += sizes.iteration_steps
-        new_metrics = runlog.gather(new_metrics)
-        metrics = {k: np.concatenate([v, np.asarray(new_metrics[k])], axis=1) for k, v in state["metrics"].items()}
-        stage_done(iteration=i + 1, bank=bank, stopped=stopped, found=found, records=records, env_steps=env_steps,
-                   metrics=metrics)
-    iwocs_seconds, compile_seconds = records[-1]["seconds"], records[-1].get("compile_seconds", 0.0)
-
-    # BASELINES: DR and nominal SAC with the same total budget
-    baselines = (("DR SAC", True, 500), ("nominal SAC", False, 501)) if config.baselines else ()
-    for name, randomize, salt in baselines:
-        if name not in state["baselines"]:
-            say(f"baseline: {name}, {total_steps:,} steps")
-            quiet_progress = runlog.Progress(None, total_steps, config.num_seeds, config.quiet, every_seconds=10.0)
-            train = jax.jit(jax.vmap(make_sac(config, total_steps, randomize, quiet_progress), in_axes=(0, None, None)))
-            agents, _ = train(jax.vmap(lambda k: jax.random.fold_in(k, salt))(keys), nominal, 0)
-            stage_done(baselines={**state["baselines"], name: agents})
-
-    # EVALUATION over the grid: IWOCS, its DR fallback and the baselines
-    eval_key = runner.final_eval_key(config.seed)  # the episodes of every seed's final evaluation, from --seed
-    grids = {"IWOCS*" if config.search == "grid" else "IWOCS": pieces.grid_robust(bank, eval_key),
-             "DR (IWOCS's fallback)": pieces.grid_plain(bank.fallback, eval_key)}
-    grids |= {name: pieces.grid_plain(state["baselines"][name], eval_key) for name, *_ in baselines}
-    grids = dict(zip(grids, runlog.gather(list(grids.values()))))  # (a dict's pytree would come back key-sorted)
-    table = envs.write_method_grids(run_dir, uset, grids)
-    if host0:
-        say((run_dir / "results.md").read_text())
-
-    iwocs_name = next(iter(grids))
-    summary = runlog.finish_run(
-        run_dir, config, NAME, state["metrics"], final_return=np.asarray(grids[iwocs_name].worst),
-        checkpoint=bank._asdict(), compile_seconds=compile_seconds, train_seconds=iwocs_seconds - compile_seconds,
-        extra_summary={"final_return_is": "worst-case return over the evaluation grid",
-                       "iterations_trained": len(records) - 1, "results": table,
-                       "total_seconds": round(time.perf_counter() - started, 1)},
-    )
-    say(f"results: {run_dir / 'results.md'}  heatmap: {run_dir / 'heatmap.png'}  "
-        f"({summary['total_seconds']}s in all)")
-    return summary
+    eval_key = runner.final_eval_key(config.seed)
+    iwocs_name = "IWOCS*" if config.search == "grid" else "IWOCS"
+    summaries = []
+    for run in training.runs:
+        state: RunState = run.state
+        grids = {iwocs_name: pieces.grid_robust(state.bank, eval_key),
+                 "DR (IWOCS's fallback)": pieces.grid_plain(state.bank.fallback, eval_key)}
+        if config.baselines:
+            grids |= {name: pieces.grid_plain(jax.tree.map(lambda x: x[:, b], state.baselines), eval_key)
+                      for b, name in enumerate(BASELINES)}
+        grids = dict(zip(grids, runlog.gather(list(grids.values()))))  # (a dict's pytree would come back key-sorted)
+        table = envs.write_method_grids(run.directory, uset, grids)
+        records = iteration_records(runlog.gather(run.metrics), config, uset)
+        if jax.process_index() == 0:
+            runlog.write_json(run.directory / "iterations.json", records)
+        summaries.append(training.finish(
+            run, final_return=np.asarray(grids[iwocs_name].worst), checkpoint=state.bank._asdict(),
+            eval_key="worst_return", curve_label="training return (last tenth of each stage's SAC run)",
+            extra_summary={"final_return_is": "worst-case return over the evaluation grid",
+                           "iwocs_env_steps": iwocs_steps,
+                           "iterations_trained": np.asarray(runlog.gather(state.bank.active)).sum(1).tolist(),
+                           "stopped": np.asarray(runlog.gather(state.stopped)).tolist(), "results": table}))
+    if not config.quiet and jax.process_index() == 0:
+        for run in training.runs:
+            print((run.directory / "results.md").read_text())
+        runner.report(training, summaries, "episode_return", "training return per stage",
+                      final="worst case over the grid",
+                      extra=lambda s: f"; models trained {s['iterations_trained']}, stopped {s['stopped']}")
+    return training.returned(summaries)
 
 
 if __name__ == "__main__":

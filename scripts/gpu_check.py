@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (algorithm, preset, total timesteps per seed on a GPU (None: the preset's), extra flags); IWOCS runs its main().
+# (algorithm, preset, total timesteps per seed on a GPU (None: the preset's), extra flags).
 BENCHMARKS = [
     ("pqn", "cartpole", None, []),  # the authors' 5e5 steps
     ("sac", "pendulum", 10_000, []),
@@ -226,15 +226,10 @@ def benchmark_step(env: dict, out: Path, algorithm: str, preset: str | None, tot
                    num_seeds: int, tiny: bool, limits: dict, deadline: float) -> dict:
     name = f"benchmark {algorithm}" + (f" {preset}" if preset else "") + f" x{num_seeds}"
     flags = list(TINY.get(algorithm, [])) if tiny else [*(["--total-timesteps", str(total)] if total else []), *extra]
-    if algorithm == "iwocs":  # no make_train: the whole main(), timed from its summary
-        run_dir = out / f"iwocs_{preset}_x{num_seeds}"
-        command = [sys.executable, str(ROOT / "algorithms" / "iwocs.py"), "--preset", preset, "--num-seeds",
-                   str(num_seeds), *flags, "--quiet", "--run-dir", str(run_dir)]
-        outcome = run(command, env, limits["benchmark_iwocs"], deadline, out / f"{name.replace(' ', '_')}.log")
-        return finished(name, "benchmark", command, outcome, _summary(run_dir))
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), algorithm, *(["--preset", preset] if preset else []),
                "--num-seeds", str(num_seeds), *flags]
-    outcome = run(command, env, limits["benchmark"], deadline, out / f"{name.replace(' ', '_')}.log")
+    limit = limits["benchmark_iwocs" if algorithm == "iwocs" else "benchmark"]  # (IWOCS: four SAC runs to compile)
+    outcome = run(command, env, limit, deadline, out / f"{name.replace(' ', '_')}.log")
     result = None
     if outcome["status"] == "ok":
         try:

@@ -9,7 +9,7 @@ one error class of bad input, which `runner.cli` prints as one line) whose messa
 
 "Nothing was compiled" is checked with a tripwire: for the length of each call `jax.jit` raises. Every program
 these files compile is made by a `jax.jit` call at run time (make_train returns plain functions that
-runner.run_program, iwocs.run_iwocs and qarl's evaluations wrap; no module jits a function of its own at
+runner.run_program and the final evaluations of qarl.py and iwocs.py wrap; no module jits a function of its own at
 import), so a run that got as far as compiling hits the tripwire first. It raises a BaseException, which no
 `except Exception` on the way can swallow. `test_the_tripwire_catches_a_good_config` shows that it fires for
 each file's default config, so a case that passes here did stop before compiling. Counting XLA compilations

@@ -66,24 +66,23 @@ def checkout_copy(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_copied_file_runs(name, tmp_path):
-    """A copy under a new name runs, sweeps (IWOCS, whose sweeps are sequential runs, runs once) and names its
+    """A copy under a new name runs, sweeps and names its
     output after itself. JAX's float64-truncation warning is an error in these runs: a dtype=float64 request in
     the training code would silently compute in float32."""
     checkout = checkout_copy(tmp_path)
     copy = checkout / "algorithms" / f"{name}_variant.py"
     shutil.copy(ROOT / "algorithms" / f"{name}.py", copy)
-    param = "lr" if name == "stream_x" else "gamma"
-    sweep = [] if name == "iwocs" else ["--sweep", f"{param}=0.5,0.9"]
+    param = {"stream_x": "lr", "iwocs": "tau"}.get(name, "gamma")
+    sweep = ["--sweep", f"{param}=0.5,0.9"]
     result = subprocess.run([sys.executable, "-W", "error:Explicitly requested dtype:UserWarning",
                              f"algorithms/{copy.name}", *TINY[name], *sweep, "--quiet", "--run-dir",
                              str(tmp_path / "run")], cwd=checkout, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    for run in [tmp_path / "run"] if name == "iwocs" else [tmp_path / "run" / f"{param}={v}" for v in ("0.5", "0.9")]:
+    for run in [tmp_path / "run" / f"{param}={v}" for v in ("0.5", "0.9")]:
         summary = json.loads((run / "summary.json").read_text())
         assert summary["algorithm"] == f"{name}_variant"  # a copy names itself after its file
-        if name != "iwocs":  # each value's directory records its own value, as a run of its own
-            config = json.loads((run / "config.json").read_text())
-            assert config[param] == float(run.name.partition("=")[2]) and config["sweep"] == ""
+        config = json.loads((run / "config.json").read_text())  # each value's directory records its own value
+        assert config[param] == float(run.name.partition("=")[2]) and config["sweep"] == ""
 
 
 def test_a_copy_resumes_under_its_own_name(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ Runs each algorithm's `main` at a tiny size with 4 seeds twice, in fresh process
 (JAX_PLATFORMS=cpu, so the test means the same on a GPU machine): once on one CPU device, once with
 XLA_FLAGS=--xla_force_host_platform_device_count=4 (the keys, hence the seeds, split over 4 devices). The
 metrics CSVs of every seed and the summaries are compared, and the state each run trained (what
-runner.run_program returned; IWOCS's bank after each iteration) is asserted to lie on 1 and on 4 devices: a run
+runner.run_program returned) is asserted to lie on 1 and on 4 devices: a run
 that never sharded fails. The 1-device and 4-device processes run side by side.
 
 The two are different float programs: XLA partitions the 4-seed program into one 1-seed program per device,
@@ -51,9 +51,6 @@ runner.run_program = lambda *args, **kwargs: (lambda out: (record(out[0]), *out[
 out = {}
 for name, flags in tiny.items():
     module = import_module(f"algorithms.{name}")
-    if name == "iwocs":  # its stages are its own jitted calls: the bank of every seed after each iteration
-        add_model = module.add_model
-        module.add_model = lambda *args: record(add_model(*args))
     devices.clear()
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(root or scratch) / name
