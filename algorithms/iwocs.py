@@ -992,11 +992,10 @@ def trained_policy(config: Config, checkpoint: dict, seed_index: int = 0) -> run
     return runner.Policy(env, env_params, act=robust_act, start=lambda obs: init(bank, obs), final_return=final_return)
 
 
-def iteration_records(metrics: dict[str, np.ndarray], config: Config, uset) -> list[dict[str, Any]]:
+def iteration_records(metrics: dict[str, np.ndarray], config: Config, sizes: Sizes, uset) -> list[dict[str, Any]]:
     """iterations.json: per iteration i (the search against the bank of i models), every seed's worst case found,
     its V(s0) and return, the robust Q(s0), each model's Q_j(s0) and ρ_j, the fallback rate, the gap and whether
     the seed had stopped (infinite values as null)."""
-    sizes = derive_sizes(config)
 
     def column(name, row):
         return np.asarray(metrics[name][:, row], float)
@@ -1051,7 +1050,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
                       for b, name in enumerate(BASELINES)}
         grids = dict(zip(grids, runlog.gather(list(grids.values()))))  # (a dict's pytree would come back key-sorted)
         table = envs.write_method_grids(run.directory, uset, grids)
-        records = iteration_records(runlog.gather(run.metrics), config, uset)
+        records = iteration_records(runlog.gather(run.metrics), config, sizes, uset)
         if jax.process_index() == 0:
             runlog.write_json(run.directory / "iterations.json", records)
         summaries.append(training.finish(
