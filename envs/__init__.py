@@ -18,6 +18,7 @@ This package is the only place that knows how an environment library works.
 from envs.adversary import DEFAULT_ADVERSARY, AdversarialForces
 from envs.errors import ConfigError
 from envs.combination_lock import CombinationLock
+from envs.minigrid import MiniGrid, minigrid_ids
 from envs.normalization import AddTimeFeature, NormalizeObservation, RunningMeanStd, ScaleReward
 from envs.registry import check_env_id, known_env_ids, make
 from envs.robust import (
@@ -61,6 +62,7 @@ __all__ = [
     "GameTimeLimit",
     "GridEvaluation",
     "HorizonCap",
+    "MiniGrid",
     "NormalizeObservation",
     "RunningMeanStd",
     "ScaleReward",
@@ -74,6 +76,7 @@ __all__ = [
     "make",
     "make_grid_evaluator",
     "make_model_evaluator",
+    "minigrid_ids",
     "mean_over_finished",
     "nominal_dynamics",
     "require_continuous_actions",

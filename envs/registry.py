@@ -25,6 +25,7 @@ import gymnax
 
 from envs.combination_lock import LOCK_PREFIX, lock_ids, make_lock
 from envs.errors import ConfigError
+from envs.minigrid import MINIGRID_PREFIX, make_minigrid, minigrid_ids
 from envs.wrappers import GameTimeLimit, HorizonCap
 
 BRAX_PREFIX = "brax/"
@@ -87,9 +88,10 @@ LOCAL_ENV_IDS = ("RandomWalk-v0",)
 
 def known_env_ids() -> list[str]:
     """Every id `make` accepts: gymnax's registered ids, `brax/<name>`, `dmc/<name>`, this package's own
-    (RandomWalk-v0 and the combination locks); any of them may also take a `/horizon<H>` suffix."""
+    (RandomWalk-v0, the combination locks and BRIDGE's MiniGrid MDPs `minigrid/<name>`); any of them may also
+    take a `/horizon<H>` suffix."""
     return (list(gymnax.registered_envs) + [BRAX_PREFIX + name for name in BRAX_ENV_NAMES]
-            + [DMC_PREFIX + name for name in DMC_ENV_NAMES] + list(LOCAL_ENV_IDS) + lock_ids())
+            + [DMC_PREFIX + name for name in DMC_ENV_NAMES] + list(LOCAL_ENV_IDS) + lock_ids() + minigrid_ids())
 
 
 def split_horizon(env_id: str) -> tuple[str, int | None]:
@@ -128,7 +130,8 @@ def make(env_id: str, *, time_limit: bool = True, **kwargs):
     dmc ids (`dmc/CheetahRun`, ...: MuJoCo Playground's DeepMind Control Suite, envs/dmc_adapter.py) take
     `episode_length` (1000 default), `impl` (`jax` default, or `warp`) and keys of Playground's env config.
     `RandomWalk-v0` (envs/random_walk.py) takes `num_states` (19 default).
-    `CombinationLock-H<n>` takes `num_actions`. A `/horizon<H>` suffix caps episodes at H steps.
+    `CombinationLock-H<n>` takes `num_actions`. `minigrid/<name>` (envs/minigrid.py: BRIDGE's MiniGrid MDPs)
+    takes `max_steps_in_episode` (BRIDGE's 100 default). A `/horizon<H>` suffix caps episodes at H steps.
     `time_limit=False` (MinAtar ids only) lifts gymnax's episode cap, as the original MinAtar: episodes end
     only when the game ends (Freeway: its clock runs out after 2501 steps, a termination); the returned
     params' `max_steps_in_episode` is then that game length (2**31 - 1: none).
@@ -147,6 +150,8 @@ def make(env_id: str, *, time_limit: bool = True, **kwargs):
         return env, env_params.replace(max_steps_in_episode=env.limit)
     if env_id.startswith(LOCK_PREFIX):
         return make_lock(env_id, **kwargs)
+    if env_id.startswith(MINIGRID_PREFIX):
+        return make_minigrid(env_id[len(MINIGRID_PREFIX):], **kwargs)
     if env_id == "RandomWalk-v0":
         from envs.random_walk import RandomWalk
 

@@ -3,6 +3,8 @@
     python scripts/effective_horizon.py                                   # the default env list, 2 seeds each
     python scripts/effective_horizon.py --envs CombinationLock-H3 CartPole-v1/horizon200 --total-timesteps 100000
     python scripts/effective_horizon.py --sqirl-num-heads 3 --out-dir results/k3
+    python scripts/effective_horizon.py --exact                           # BRIDGE's MiniGrid MDPs, solved exactly
+    python scripts/effective_horizon.py --exact --envs minigrid/DoorKey-5x5 CombinationLock-H3
 
 Laidlaw et al. (2023) find that SQIRL (random exploration plus k steps of fitted-Q iteration) solves
 roughly the environments PPO and DQN solve, and fails where they fail: both succeed when the effective
@@ -27,6 +29,12 @@ for MinAtar the same sticky actions (0.25). Long episodes need a cap in the id: 
 horizon SQIRL learns one policy for each step of). Writes, under --out-dir: effective_horizon.csv,
 effective_horizon.md (the table), effective_horizon.png (normalized scores per env, and SQIRL against PQN),
 rows.json (the raw returns, for `--from-rows`) and runs/ (every run's own outputs).
+
+`--exact` trains nothing: it enumerates each (deterministic) env's MDP within its horizon and computes, as
+the paper's authors do (envs/tabular.py), its optimal and random returns, the smallest k for which it is
+k-QVI-solvable, its effective planning window and the effective horizon's Theorem 5.4 bound; it writes
+exact.csv and exact.md under --out-dir. Its default env list is every `minigrid/<name>` id (BRIDGE's
+MiniGrid MDPs, envs/minigrid.py); an env with more than --max-states states is listed as too large.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py, runlog.py, envs/, algorithms/
 
 import envs  # noqa: E402
+from envs import tabular  # noqa: E402
 import runner  # noqa: E402
 import runlog  # noqa: E402
 from algorithms import pqn, sqirl  # noqa: E402
@@ -247,6 +256,47 @@ def plot(rows: list[dict], args, path: Path, same: float, correlation: float) ->
     plt.close(fig)
 
 
+def exact_rows(env_ids: list[str], max_states: int) -> list[dict]:
+    """Enumerate and solve each env exactly (envs/tabular.py); one row per env, printed as it finishes."""
+    rows = []
+    for env_id in env_ids:
+        env, params = envs.make(env_id)
+        row = {"env_id": env_id, "horizon": int(params.max_steps_in_episode), "num_actions": env.num_actions}
+        try:
+            mdp = tabular.enumerate_mdp(env, params, max_states=max_states)
+        except ValueError as error:
+            row["note"] = str(error)
+        else:
+            facts = tabular.analyze(mdp.transitions, mdp.rewards, row["horizon"])
+            row.update(num_states=facts.num_states, optimal_return=facts.optimal_return,
+                       random_return=facts.random_return, min_k=facts.min_k, epw=facts.epw,
+                       effective_horizon_simple=round(facts.effective_horizon_simple, 2))
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def write_exact(rows: list[dict], out_dir: Path) -> str:
+    keys = ["env_id", "horizon", "num_actions", "num_states", "optimal_return", "random_return", "min_k", "epw",
+            "effective_horizon_simple", "note"]
+    with open(out_dir / "exact.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| env | T | A | states | optimal return | random return | min k | EPW | effective horizon (Thm 5.4) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "note" in r:
+            lines.append(f"| {r['env_id']} | {r['horizon']} | {r['num_actions']} | > cap | | | | | |")
+        else:
+            lines.append(f"| {r['env_id']} | {r['horizon']} | {r['num_actions']} | {r['num_states']} | "
+                         f"{r['optimal_return']:g} | {r['random_return']:.3g} | {r['min_k']} | {r['epw']} | "
+                         f"{r['effective_horizon_simple']:.2f} |")
+    table = "\n".join(lines)
+    (out_dir / "exact.md").write_text(table + "\n")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="env ids (long episodes need /horizon<H>)")
@@ -257,7 +307,18 @@ def main() -> None:
     parser.add_argument("--sqirl-num-heads", type=int, default=None, help="k for every env (default: the preset's)")
     parser.add_argument("--out-dir", default="results/effective_horizon")
     parser.add_argument("--from-rows", default=None, help="a rows.json of an earlier run: score it, train nothing")
+    parser.add_argument("--exact", action="store_true",
+                        help="solve each env's enumerated MDP exactly (default envs: BRIDGE's MiniGrid MDPs)")
+    parser.add_argument("--max-states", type=int, default=200_000, help="--exact: the largest MDP to enumerate")
     args = parser.parse_args()
+    if args.exact:
+        env_ids = args.envs if args.envs is not DEFAULT_ENVS else envs.minigrid_ids()
+        for env_id in env_ids:
+            envs.check_env_id(env_id)
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(write_exact(exact_rows(env_ids, args.max_states), out_dir))
+        return
     for env_id in [] if args.from_rows else args.envs:  # fail fast, before hours of training, on a bad id or a missing horizon cap
         envs.check_env_id(env_id)
         horizon_of(env_id)
