@@ -511,14 +511,17 @@ class MiniGrid(environment.Environment[GridState, GridParams]):
         return self.get_obs(next_state), next_state, reward, terminated, {}
 
     def get_obs(self, state: GridState, params=None, key=None) -> jax.Array:
+        def kind_one_hot(kind):  # MiniGrid's codes are not contiguous: one slot per code in KINDS, in code order
+            return jax.nn.one_hot(jnp.searchsorted(jnp.asarray(sorted(KINDS)), kind), len(KINDS))
+
+        colored = jnp.isin(state.kind, jnp.array([DOOR, KEY, BALL, BOX]))
         cells = jnp.concatenate([
-            jax.nn.one_hot(jnp.searchsorted(jnp.asarray(sorted(KINDS)), state.kind), len(KINDS)),
-            jax.nn.one_hot(state.color, len(COLORS)) * jnp.isin(state.kind, jnp.array([DOOR, KEY, BALL, BOX]))[..., None],
+            kind_one_hot(state.kind),
+            jax.nn.one_hot(state.color, len(COLORS)) * colored[..., None],
             jax.nn.one_hot(state.door, 3) * (state.kind == DOOR)[..., None],
         ], axis=-1)
         agent = jnp.zeros((self.height, self.width)).at[state.position[1], state.position[0]].set(1.0)
-        carry = jnp.concatenate([jax.nn.one_hot(jnp.searchsorted(jnp.asarray(sorted(KINDS)), state.carry_kind),
-                                                len(KINDS)),
+        carry = jnp.concatenate([kind_one_hot(state.carry_kind),
                                  jax.nn.one_hot(state.carry_color, len(COLORS)) * (state.carry_kind != EMPTY)])
         return jnp.concatenate([cells.ravel(), agent.ravel(), jax.nn.one_hot(state.direction, 4), carry]
                                ).astype(jnp.float32)

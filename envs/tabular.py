@@ -96,7 +96,7 @@ def enumerate_mdp(env, params, horizon: int | None = None, max_states: int = 500
             actions = jnp.tile(jnp.arange(num_actions), n)
             next_states, reward, terminated = jax.device_get(expand(states, actions))
             next_leaves = jax.tree.leaves(next_states)
-            new_rows = []
+            next_ids, new_rows = np.full(n * num_actions, -1), []
             for i, k in enumerate(keys_of(next_leaves)):
                 if terminated[i]:
                     continue
@@ -104,12 +104,12 @@ def enumerate_mdp(env, params, horizon: int | None = None, max_states: int = 500
                     index[k] = len(index)
                     depth.append(step + 1)
                     new_rows.append(i)
+                next_ids[i] = index[k]
             if new_rows:
                 for parts, x in zip(stored, next_leaves):
                     parts.append(np.asarray(x)[new_rows])
             if len(index) > max_states:
                 raise ValueError(f"more than {max_states} states within {horizon} steps: too large to enumerate here")
-            next_ids = np.array([-1 if terminated[i] else index[k] for i, k in enumerate(keys_of(next_leaves))])
             transitions.append(next_ids.reshape(n, num_actions))
             rewards.append(np.asarray(reward, np.float32).reshape(n, num_actions))
         frontier = (hi, len(index))
