@@ -74,6 +74,7 @@ What differs, and why:
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,37 @@ def derive_sizes(config: Config) -> Sizes:
     )
 
 
+def device_memory() -> int | None:
+    """Bytes of memory the run's device has: an accelerator's own limit, or the host's RAM on the CPU."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {} if device.platform != "cpu" else {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.platform == "cpu" else None
+
+
+# The replay ring is updated and gathered inside the jitted scan, which holds several copies of it at once:
+# on the CPU a 1.1 GiB ring (minigrid/Empty-5x5, H 100, m 64, every iteration kept) raised the peak memory by
+# 5.5 GiB. So a ring of more than a sixth of the device's memory is refused.
+REPLAY_MEMORY_FRACTION = 1 / 6
+
+
+def check_replay_memory(config: Config, sizes: Sizes, obs_size: int, memory: int | None) -> None:
+    """Raise, before compiling, if the replay rings of all seeds (and swept values) would not fit the device."""
+    runs = config.num_seeds * max(len(sizes.sweep_values), 1)
+    per_iteration = sizes.horizon * config.episodes_per_iteration * (4 * obs_size + 16) * runs  # obs + 4 scalars
+    needed = per_iteration * sizes.replay_iterations
+    if memory is None or needed <= REPLAY_MEMORY_FRACTION * memory:
+        return
+    fits = int(REPLAY_MEMORY_FRACTION * memory // per_iteration)
+    fix = (f"pass --replay-iterations {fits} or fewer" if fits >= 1 else
+           "pass fewer --episodes-per-iteration or --num-seeds")
+    raise runner.ConfigError(
+        f"SQIRL's replay would take {needed / 2**30:.1f} GiB ({sizes.replay_iterations} iterations x H "
+        f"{sizes.horizon} x m {config.episodes_per_iteration} x {obs_size} floats x {runs} runs), more than a sixth "
+        f"of this device's {memory / 2**30:.0f} GiB (the jitted update holds several copies): {fix}.")
+
+
 def own_length(env_id: str) -> int | None:
     """The longest episode an env id allows by itself: n for CombinationLock-H<n>, H for <id>/horizon<H>."""
     envs.check_env_id(env_id)
@@ -441,6 +473,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runner.Progr
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     obs_shape = env.observation_space(env_params).shape
+    check_replay_memory(runner.untraced(config), sizes, int(np.prod(obs_shape)), device_memory())
     timesteps = jnp.arange(horizon)
 
     def policy_params(t, num_frozen, snapshots, params):

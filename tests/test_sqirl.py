@@ -306,6 +306,23 @@ def test_other_bad_input():
         sqirl.main(["--preset", "atari"])
 
 
+def test_a_replay_too_large_for_the_device_is_refused_with_a_size_that_fits(monkeypatch, tmp_path):
+    """A replay of every iteration at H 100 and m 256 on a one-hot MiniGrid (468 floats) is 4.5 GiB per seed: on
+    a device of 8 GiB it is refused before compiling, and the --replay-iterations it suggests passes the check."""
+    monkeypatch.setattr(sqirl, "device_memory", lambda: 8 * 2**30)
+    args = ["--env-id", "minigrid/Empty-5x5", "--horizon", "100", "--episodes-per-iteration", "256", "--num-heads",
+            "1", "--quiet", "--run-dir", str(tmp_path / "big")]
+    with pytest.raises(ValueError, match=r"replay would take 4\.5 GiB.*--replay-iterations (\d+) or fewer") as error:
+        sqirl.main(args)
+    fits = int(error.value.args[0].split("--replay-iterations ")[1].split()[0])
+    config = runner.parse_config(sqirl.Config, sqirl.PRESETS, [*args, "--replay-iterations", str(fits)])
+    sizes = sqirl.derive_sizes(config)
+    sqirl.check_replay_memory(config, sizes, 468, 8 * 2**30)  # no error
+    with pytest.raises(ValueError, match="replay would take"):
+        sqirl.check_replay_memory(config, sizes._replace(replay_iterations=fits + 1), 468, 8 * 2**30)
+    assert not (tmp_path / "big").exists()  # refused before anything was written or compiled
+
+
 def test_nan_loss_is_reported_and_outputs_are_kept(tmp_path):
     run_dir = tmp_path / "nan"
     with pytest.raises(SystemExit, match="NaN.*--lr"):
