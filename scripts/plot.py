@@ -272,6 +272,35 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
         bar_panel(axes[-1], names, values, bar_colors, ylabel="return")
         axes[-1].set_title(" / ".join(columns) + " (grid: no adversary)", fontsize=9)
         write_table(Path(path).with_suffix(".md"), labels, columns, seeds)
+    elif figure.kind == "sample-complexity":
+        table = sample_complexity_table(runs, seeds, Path(path))
+        fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=80)
+        labels = list(dict.fromkeys(row["method"] for row in table))
+        for i, label in enumerate(labels):
+            mine = [row for row in table if row["method"] == label]
+            shift = 0.15 * (i - (len(labels) - 1) / 2)  # side by side at each horizon
+            x = np.array([row["effective_horizon"] for row in mine]) + shift
+            for xi, row in zip(x, mine):  # every seed: filled when solved, open at the cap when not
+                steps = np.array([np.nan if v is None else v for v in row["steps"]], dtype=float)
+                solved = np.isfinite(steps)
+                ax.scatter(np.full(solved.sum(), xi), steps[solved], s=16, color=colors[i], alpha=0.6, lw=0)
+            median = np.array([np.nan if row["median"] is None else row["median"] for row in mine])
+            ax.scatter(x, median, s=60, marker="D", color=colors[i], edgecolors="black", lw=0.5,
+                       label=f"{label}: median over seeds (dots: each seed)")
+            unsolved = np.isnan(median)
+            ax.scatter(x[unsolved], [row["cap"] for row, u in zip(mine, unsolved) if u], s=60, marker="D",
+                       facecolors="none", edgecolors=colors[i], lw=1.2, label=f"{label}: median beyond the cap")
+        for env, (value, source) in figure.reference.items():  # the paper's own numbers, where published
+            h, steps = value
+            ax.scatter([h], [steps], s=90, marker="*", color="gray", label=f"{env}: {source}")
+        cap = max(row["cap"] for row in table)
+        ax.axhline(cap, color="gray", ls=":", lw=1, label="cap")
+        ax.set_yscale("log")
+        ax.set(xlabel="effective horizon (Theorem 5.4 bound, exact; BRIDGE's: tighter Appendix C bound)",
+               ylabel="env steps until the greedy policy is optimal")
+        ax.legend(fontsize=7, loc="upper left")
+        envs = [f"{len(set(envs))} MDPs"]  # the caption names the set; the table beside it names each MDP
+        write_sample_complexity(Path(path).with_suffix(".md"), table, seeds, figure.reference)
     else:
         raise ValueError(f"unknown figure kind {figure.kind!r}")
     fig.suptitle(figure_caption(figure, scale, seeds, envs), fontsize=9)
@@ -281,6 +310,97 @@ def plot_figure(figure, scale: str, seeds: int, runs: list, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     _to_palette(path)
+    return path
+
+
+SOLVED = 1.0 - 1e-4  # BRIDGE's MiniGrid MDPs: the optimal return is 1 (a float32 mean of ones rounds by far less)
+
+
+def steps_to_solve(run_dir: Path, seeds: int) -> list[int | None]:
+    """Per seed: env steps when a greedy evaluation first reached the optimal return 1 (the paper's metric),
+    None if none did, from each seed's metrics file (its own env_steps: SQIRL's differ between seeds)."""
+    result = []
+    for seed in range(seeds):
+        with open(Path(run_dir) / f"metrics_seed{seed}.csv") as f:
+            hits = [float(r["env_steps"]) for r in csv.DictReader(f)
+                    if r["eval_return"] not in ("", "nan") and float(r["eval_return"]) >= SOLVED]
+        result.append(int(hits[0]) if hits else None)
+    return result
+
+
+def effective_horizons(env_ids: list[str], out_dir: Path) -> dict[str, dict]:
+    """env id -> its exact analysis (scripts/effective_horizon.py --exact), cached in out_dir/exact.csv."""
+    import effective_horizon
+
+    path = out_dir / "exact.csv"
+    rows = {}
+    if path.exists():
+        with open(path) as f:
+            rows = {row["env_id"]: row for row in csv.DictReader(f)}
+    missing = [env_id for env_id in env_ids if env_id not in rows]
+    if missing:
+        new = effective_horizon.exact_rows(missing, max_states=200_000)
+        effective_horizon.write_exact([*rows.values(), *new], out_dir)
+        with open(path) as f:
+            rows = {row["env_id"]: row for row in csv.DictReader(f)}
+    return rows
+
+
+def sample_complexity_table(runs: list, seeds: int, path: Path) -> list[dict]:
+    """One row per run: its env, method, exact facts, per-seed steps to solve, the median (None when fewer than
+    half of the seeds solved it, as BRIDGE's median is inf then) and the run's cap. A run whose metrics were not
+    kept (results/paper/) takes its steps from the figure's own table, path.csv."""
+    facts = effective_horizons(list(dict.fromkeys(run.env for run, _ in runs)), path.parent)
+    kept = {}
+    if path.with_suffix(".csv").exists():
+        with open(path.with_suffix(".csv")) as f:
+            kept = {(row["env"], row["method"]): [int(row[f"steps_to_solve_seed{i}"]) if row.get(
+                f"steps_to_solve_seed{i}") else None for i in range(seeds)] for row in csv.DictReader(f)}
+    table = []
+    for run, run_dir in runs:
+        metrics = (Path(run_dir) / "metrics_seed0.csv").exists()
+        steps = steps_to_solve(run_dir, seeds) if metrics else kept[run.env, run.label]
+        solved = sorted(s for s in steps if s is not None)
+        ordered = solved + [np.inf] * (len(steps) - len(solved))
+        median = float(np.median(ordered))
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        table.append({"env": run.env, "method": run.label, "steps": steps, "cap": int(config["total_timesteps"]),
+                      "median": None if not np.isfinite(median) else median,
+                      "effective_horizon": float(facts[run.env]["effective_horizon_simple"]),
+                      "states": int(facts[run.env]["num_states"]), "min_k": facts[run.env]["min_k"]})
+    return table
+
+
+def write_sample_complexity(path: Path, table: list[dict], seeds: int, reference: dict) -> Path:
+    """The figure's data as a Markdown table: per MDP, its exact facts and each method's seeds solved and median
+    steps to solve; the paper's published values beside it where there are any."""
+    methods = list(dict.fromkeys(row["method"] for row in table))
+    lines = ["| MDP | states | min k | effective horizon (ours, Thm 5.4) | BRIDGE's published | "
+             + " | ".join(f"{m}: seeds solved, median steps" for m in methods) + " |",
+             "|---|---|---|---|---|" + "---|" * len(methods)]
+    for env in dict.fromkeys(row["env"] for row in table):
+        rows = {row["method"]: row for row in table if row["env"] == env}
+        first = next(iter(rows.values()))
+        cells = []
+        for m in methods:
+            row = rows[m]
+            solved = sum(s is not None for s in row["steps"])
+            median = f"{row['median'] / 1000:.1f}k" if row["median"] is not None else f"> {row['cap'] / 1000:.0f}k"
+            # "> cap": fewer than half of the seeds solved it (BRIDGE's median is inf then)
+            cells.append(f"{solved}/{len(row['steps'])}, {median}")
+        paper = reference.get(env)
+        published = f"H = {paper[0][0]:.2f}; {paper[1]}" if paper else "not available"
+        lines.append(f"| {env} | {first['states']} | {first['min_k']} | {first['effective_horizon']:.2f} | "
+                     f"{published} | " + " | ".join(cells) + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    with open(path.with_suffix(".csv"), "w", newline="") as f:  # per seed, for other plots
+        writer = csv.writer(f)
+        writer.writerow(["env", "method", "states", "min_k", "effective_horizon_simple", "cap",
+                         *[f"steps_to_solve_seed{i}" for i in range(seeds)]])
+        for row in table:
+            writer.writerow([row["env"], row["method"], row["states"], row["min_k"], row["effective_horizon"],
+                             row["cap"], *["" if s is None else s for s in row["steps"]]])
     return path
 
 

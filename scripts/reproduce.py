@@ -165,6 +165,34 @@ def sqirl_horizon(scale: str) -> list[Run]:
                 f"CombinationLock-H{n}", f"k={k}") for n in locks for k in heads]
 
 
+# BRIDGE's MiniGrid MDPs with an exact analysis (envs/minigrid.py, docs/environments.md), by effective horizon.
+# CPU: the ten whose simple bound is at most 17, at a 100k-step cap; full: every enumerated one at BRIDGE's 5M.
+BRIDGE_CPU = ("Empty-5x5", "Empty-Random-5x5", "Empty-6x6", "MultiRoom-N2-S4", "LavaGapS5", "Empty-8x8",
+              "LavaGapS6", "DoorKey-5x5", "KeyCorridorS3R1", "Unlock")
+BRIDGE_FULL = BRIDGE_CPU + ("Empty-Random-6x6", "Empty-16x16", "DoorKey-6x6", "DoorKey-8x8", "LavaGapS7",
+                            "SimpleCrossingS9N1", "SimpleCrossingS9N2", "SimpleCrossingS9N3", "SimpleCrossingS11N5",
+                            "LavaCrossingS9N1", "LavaCrossingS9N2", "LavaCrossingS9N3", "LavaCrossingS11N5",
+                            "DistShift1", "DistShift2", "FourRooms", "UnlockPickup", "KeyCorridorS3R2",
+                            "KeyCorridorS3R3")
+
+
+def sqirl_bridge(scale: str) -> list[Run]:
+    """SQIRL and PQN on BRIDGE's MiniGrid MDPs: env steps until the greedy policy is optimal (return 1), capped.
+    SQIRL: BRIDGE's horizon 100 and γ = 1, k = 1 (every MDP here is 1-QVI-solvable), m = 64, the last 2
+    iterations replayed, an evaluation after every iteration. PQN: the authors' CartPole settings; a greedy
+    evaluation every 1/25 of the run. One greedy env suffices: the MDPs and the greedy policies are deterministic."""
+    mdps = _pick(scale, BRIDGE_CPU[:1], BRIDGE_CPU, BRIDGE_FULL)
+    cap = _pick(scale, 3200, 100_000, 5_000_000)
+    sqirl = ("--preset", "lock", "--horizon", "100", "--num-heads", "1", "--episodes-per-iteration",
+             _pick(scale, "8", "64", "64"), "--replay-iterations", "2", "--solve-threshold", "1", "--num-eval-envs",
+             "1", "--total-timesteps", str(cap))
+    pqn = ("--preset", "cartpole", "--num-evals", "25", "--num-eval-envs", "1", "--total-timesteps", str(cap))
+    if scale == "tiny":
+        pqn += ("--num-envs", "8", "--num-steps", "16", "--num-evals", "2")
+    return [Run(f"{mdp}_{name}", name, (*args, "--env-id", f"minigrid/{mdp}"), f"minigrid/{mdp}", label)
+            for mdp in mdps for name, args, label in (("sqirl", sqirl, "SQIRL (k=1)"), ("pqn", pqn, "PQN"))]
+
+
 def qarl_robustness(scale: str) -> list[Run]:
     if scale in ("paper", "full"):
         base = ("--preset", "brax-hopper")
@@ -282,6 +310,13 @@ REGISTRY: dict[str, Figure] = {f.name: f for f in [
            sqirl_horizon, seeds={"tiny": 2, "cpu": 2, "full": 8},
            steps={"tiny": "64 episodes/iteration", "cpu": "1024 episodes/iteration", "full": "4096 episodes/iteration"},
            note={"cpu": "H6 needs about m = 4096 episodes per iteration (the full scale)"}),
+    Figure("sqirl-bridge", "sqirl", "SQIRL and PQN on BRIDGE's MiniGrid MDPs: sample complexity vs effective horizon",
+           "sample-complexity", sqirl_bridge, seeds={"tiny": 2, "cpu": 3, "full": 5},
+           steps={"tiny": "3.2k steps", "cpu": "100k steps (cap)", "full": "5M steps (cap)"},
+           note={"cpu": "the 10 MDPs with a simple bound <= 17, capped at 100k env steps (BRIDGE: 5M)"},
+           # the authors' repository's consolidated_gorp_bounds.json, the only MiniGrid MDP of the paper's table
+           # published there: its effective horizon (Appendix C bound) and GORP's sample-complexity bound
+           reference={"minigrid/KeyCorridorS3R1": ((4.07, 14.64e6), "BRIDGE: H 4.07, GORP bound 14.6M steps")}),
     Figure("qarl-robustness", "qarl", "QARL vs SAC: return over a grid of models", "robustness", qarl_robustness,
            seeds={"tiny": 2, "cpu": 2, "full": 5}, steps={"tiny": "1k steps", "cpu": "50k steps", "full": "2M steps"},
            curve_key="eval_return", note={"cpu": "Pendulum-v1 (mass x length) in place of brax hopper"}),

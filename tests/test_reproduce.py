@@ -60,10 +60,10 @@ def test_stratified_bootstrap_resamples_within_tasks():
 def test_every_command_parses_at_every_scale(scale):
     """Each run's flags are valid for its algorithm file (parsed by its own CLI, nothing compiled)."""
     for figure in reproduce.REGISTRY.values():
-        module = importlib.import_module(f"algorithms.{figure.algorithm}")
         runs = figure.runs(scale)
         assert runs and len({run.name for run in runs}) == len(runs)
         for run in runs:
+            module = importlib.import_module(f"algorithms.{run.algorithm}")
             cmd = reproduce.command(run, figure.seeds[scale], Path("/tmp/unused"))
             config = runner.parse_config(module.Config, module.PRESETS, cmd[2:])
             assert config.num_seeds == figure.seeds[scale]
@@ -188,3 +188,68 @@ def test_a_figure_redraws_from_its_kept_curve_files_alone(cartpole_out, tmp_path
     np.testing.assert_allclose(drawn[0][1], values, rtol=1e-7)
     assert path.exists() and sorted(p.name for p in kept.iterdir()) == ["config.json", "curve_eval_return.csv",
                                                                          "summary.json"]
+
+
+def test_sqirl_bridge_gives_both_methods_the_same_cap_and_bridges_settings():
+    """sqirl-bridge: per MDP one SQIRL and one PQN run on the same minigrid id and cap; SQIRL with BRIDGE's
+    horizon 100 and γ = 1, k = 1 and the optimal return 1 as its solve threshold; the full scale takes every
+    MDP the exact analysis can enumerate, the CPU scale a subset of it."""
+    import envs
+
+    sqirl, pqn = importlib.import_module("algorithms.sqirl"), importlib.import_module("algorithms.pqn")
+    figure = reproduce.REGISTRY["sqirl-bridge"]
+    assert set(reproduce.BRIDGE_CPU) < set(reproduce.BRIDGE_FULL)
+    assert {f"minigrid/{name}" for name in reproduce.BRIDGE_FULL} == set(envs.minigrid_ids()) - {
+        "minigrid/DoorKey-16x16", "minigrid/BlockedUnlockPickup"}  # > 200k states: not enumerated
+    for scale in ("cpu", "full"):
+        runs = figure.runs(scale)
+        assert [run.algorithm for run in runs] == ["sqirl", "pqn"] * (len(runs) // 2)
+        for first, second in zip(runs[::2], runs[1::2]):
+            a = runner.parse_config(sqirl.Config, sqirl.PRESETS, list(first.args))
+            b = runner.parse_config(pqn.Config, pqn.PRESETS, list(second.args))
+            assert a.env_id == b.env_id == first.env and a.total_timesteps == b.total_timesteps
+            assert (a.horizon, a.gamma, a.num_heads, a.solve_threshold) == (100, 1.0, 1, 1.0)
+        assert a.total_timesteps == {"cpu": 100_000, "full": 5_000_000}[scale]
+
+
+def _fake_run(run_dir: Path, steps_per_seed: list[list[int]], returns_per_seed: list[list[float]], cap: int):
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(f'{{"total_timesteps": {cap}}}')
+    for seed, (steps, returns) in enumerate(zip(steps_per_seed, returns_per_seed)):
+        rows = ["env_steps,eval_return", *[f"{s},{'' if np.isnan(r) else r}" for s, r in zip(steps, returns)]]
+        (run_dir / f"metrics_seed{seed}.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_steps_to_solve_reads_each_seeds_own_env_steps(tmp_path):
+    """SQIRL's seeds spend different env steps per iteration: each seed's first optimal evaluation is read
+    against its own env_steps column, as sqirl.py's own steps_to_solve counts it."""
+    sqirl = importlib.import_module("algorithms.sqirl")
+    steps = [[100, 230, 350], [120, 210, 330], [90, 200, 310]]
+    returns = [[0.0, 1.0, 1.0], [0.0, np.nan, 1.0], [0.0, 0.0, 0.5]]
+    _fake_run(tmp_path / "run", steps, returns, cap=400)
+    assert plot.steps_to_solve(tmp_path / "run", 3) == [230, 330, None]
+    assert plot.steps_to_solve(tmp_path / "run", 3) == sqirl.steps_to_solve(np.array(returns), np.array(steps), 1.0)
+
+
+def test_sample_complexity_figure_and_table(tmp_path):
+    """The figure's table: exact facts of the MDP (Empty-5x5: 32 states, min k 1, bound 6), per method the seeds
+    solved and the median over all seeds (beyond the cap when fewer than half solved, BRIDGE's inf)."""
+    figure = reproduce.REGISTRY["sqirl-bridge"]
+    runs = figure.runs("tiny")
+    out = tmp_path / "sqirl-bridge" / "tiny"
+    _fake_run(out / runs[0].name, [[10, 20, 30]] * 3, [[0, 1, 1], [0, 0, 1], [0, 0, 0]], cap=30)
+    _fake_run(out / runs[1].name, [[10, 20, 30]] * 3, [[0, 0, 1], [0, 0, 0], [0, 0, 0]], cap=30)
+    runs = [(run, out / run.name) for run in runs]
+    path = plot.plot_figure(figure, "tiny", 3, runs, out / "sqirl-bridge.png")
+    assert path.stat().st_size > 1000
+    rows = path.with_suffix(".md").read_text().strip().splitlines()
+    assert rows[2] == "| minigrid/Empty-5x5 | 32 | 1 | 6.00 | not available | 2/3, 0.0k | 1/3, > 0k |"
+    table = path.with_suffix(".csv").read_text().strip().splitlines()
+    assert table[1:] == ["minigrid/Empty-5x5,SQIRL (k=1),32,1,6.0,30,20,30,", "minigrid/Empty-5x5,PQN,32,1,6.0,30,30,,"]
+    # results/paper/ keeps the table, not the metrics: the figure redraws from it alone, the same
+    for _, run_dir in runs:
+        for metrics in run_dir.glob("metrics_seed*.csv"):
+            metrics.unlink()
+    plot.plot_figure(figure, "tiny", 3, runs, out / "sqirl-bridge.png")
+    assert path.with_suffix(".md").read_text().strip().splitlines() == rows
+    assert path.with_suffix(".csv").read_text().strip().splitlines() == table
