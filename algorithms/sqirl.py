@@ -263,10 +263,10 @@ def derive_sizes(config: Config) -> Sizes:
 def device_memory() -> int | None:
     """Bytes of memory the run's device has: an accelerator's own limit, or the host's RAM on the CPU."""
     device = jax.devices()[0]
-    stats = device.memory_stats() or {} if device.platform != "cpu" else {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.platform == "cpu" else None
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    stats = device.memory_stats() or {}
+    return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
 
 
 # The replay ring is updated and gathered inside the jitted scan, which holds several copies of it at once:
