@@ -3,7 +3,7 @@ run that fits, with one JSON + Markdown report. Written to fit 10 minutes of one
 
     python scripts/gpu_check.py                         # on the GPU machine: report under $OUT (or runs/)
     python scripts/gpu_check.py --out /tmp/check        # another folder
-    python scripts/gpu_check.py --tiny                  # the same steps at tiny sizes, on this CPU, < 1 minute
+    python scripts/gpu_check.py --tiny                  # the same steps at tiny sizes, on this CPU, about 2 minutes
 
 Steps, in order, each a subprocess with its own time limit (never past the overall --budget-seconds):
 1. environment: JAX's backend and devices, nvidia-smi's line (if there is one).
@@ -65,14 +65,15 @@ TINY = {
 PAPER_GAMES = ("Breakout-MinAtar", "SpaceInvaders-MinAtar")
 PAPER_SEEDS = 8
 STEP_SECONDS = {"environment": 60, "tests": 150, "benchmark": 20, "benchmark_iwocs": 45}
-TINY_STEP_SECONDS = {"environment": 30, "tests": 60, "benchmark": 60, "benchmark_iwocs": 90}
+# --tiny's limits only stop a hung step: they are far above what a busy 2-core CPU takes, never a speed figure.
+TINY_STEP_SECONDS = {"environment": 300, "tests": 600, "benchmark": 600, "benchmark_iwocs": 600}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="report folder (default: $OUT, else runs/gpu_check_<time>)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (the test of this script)")
-    parser.add_argument("--budget-seconds", type=float, default=None, help="all steps together (default 570; tiny 120)")
+    parser.add_argument("--budget-seconds", type=float, default=None, help="all steps together (default 570; tiny 1800)")
     parser.add_argument("--algorithms", default=None,
                         help="comma-separated benchmark algorithms (default: all; tiny: stream_x, the quickest to compile)")
     parser.add_argument("--seeds", default=None, help="seed counts of each benchmark (default 1,16; tiny 1,2)")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out or os.environ.get("OUT") or ROOT / "runs" / time.strftime("gpu_check_%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    budget = args.budget_seconds or (120.0 if args.tiny else 570.0)
+    budget = args.budget_seconds or (1800.0 if args.tiny else 570.0)
     deadline = time.monotonic() + budget
     limits = TINY_STEP_SECONDS if args.tiny else STEP_SECONDS
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=str(ROOT))

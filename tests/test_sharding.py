@@ -9,10 +9,13 @@ that never sharded fails. The 1-device and 4-device processes run side by side.
 
 The two are different float programs: XLA partitions the 4-seed program into one 1-seed program per device,
 and a batch of 4 and a batch of 1 may be vectorized differently (AVX2 vs AVX-512 differ again), so the runs
-agree up to float32 rounding accumulated over a tiny run, not bit for bit (measured on an AMD EPYC: at most
-2e-5 relative, SAC; QARL bit-identical). What sharding can get wrong, a seed on the wrong device or mixed
-with another, changes a run completely: two seeds' runs differ by more than 100x the tolerance (asserted),
-so TOLERANCE separates rounding from a mix-up with a margin on both sides.
+agree up to float32 rounding accumulated over a tiny run, not bit for bit. Training amplifies a rounding
+difference, and by how much depends on the CPU: measured at most 2e-5 relative on an AMD EPYC (SAC; QARL
+bit-identical), 1.6e-3 on another CI machine (IWOCS's second-iteration dynamics loss, fitted to data that the
+first iteration's rounding had already moved). TOLERANCE (1e-2 relative) sits 6x above the largest seen. What
+sharding can get wrong, a seed on the wrong device or mixed with another, changes a run completely: two
+seeds' runs differ by more than 10x the tolerance (asserted), so TOLERANCE separates rounding from a mix-up
+with a margin on both sides.
 """
 
 import json
@@ -77,7 +80,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
-TOLERANCE = dict(rtol=1e-3, atol=1e-4)
+TOLERANCE = dict(rtol=1e-2, atol=1e-3)
 
 
 def cpu_env(device_count: int) -> dict:
@@ -123,7 +126,7 @@ def test_sharded_seeds_match_one_device(results, name):
             with np.errstate(invalid="ignore"):
                 gap = np.abs(values[0] - values[1]) / (TOLERANCE["atol"] + TOLERANCE["rtol"] * np.abs(values[1]))
             margins.append(np.nanmax(gap, initial=0.0))
-    assert max(margins, default=0.0) > 100, f"{name}: seeds 0 and 1 are too close to tell apart at this tolerance"
+    assert max(margins, default=0.0) > 10, f"{name}: seeds 0 and 1 are too close to tell apart at this tolerance"
 
 
 def free_port() -> int:
