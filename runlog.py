@@ -291,6 +291,15 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
 
 
+def device_memory() -> int | None:
+    """Bytes of memory the run's device has: an accelerator's own limit, or the host's RAM on the CPU."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    stats = device.memory_stats() or {}
+    return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
+
+
 def gather(tree: Any) -> Any:
     """Host numpy copies of arrays that may be sharded over devices or hosts. On several hosts, an array
     spread over them is gathered from all (a collective: every host calls this with the same tree); one this

@@ -74,7 +74,6 @@ What differs, and why:
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +85,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py and envs/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runner.py, runlog.py, envs/
 # runner first: on a multi-host launch it starts jax.distributed before gymnax touches the devices
 import runner  # noqa: E402
+import runlog  # noqa: E402
 import envs  # noqa: E402
 
 NAME = Path(__file__).stem  # the algorithm's name in run directories and summaries: a copy names itself
@@ -258,15 +258,6 @@ def derive_sizes(config: Config) -> Sizes:
         sweep_name=sweep_name,
         sweep_values=sweep_values,
     )
-
-
-def device_memory() -> int | None:
-    """Bytes of memory the run's device has: an accelerator's own limit, or the host's RAM on the CPU."""
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    stats = device.memory_stats() or {}
-    return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
 
 
 # The replay ring is updated and gathered inside the jitted scan, which holds several copies of it at once:
@@ -473,7 +464,7 @@ def make_train(config: Config, progress: Callable | None = None) -> runner.Progr
     reset_envs = jax.vmap(env.reset, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     obs_shape = env.observation_space(env_params).shape
-    check_replay_memory(runner.untraced(config), sizes, int(np.prod(obs_shape)), device_memory())
+    check_replay_memory(runner.untraced(config), sizes, int(np.prod(obs_shape)), runlog.device_memory())
     timesteps = jnp.arange(horizon)
 
     def policy_params(t, num_frozen, snapshots, params):

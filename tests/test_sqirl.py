@@ -309,7 +309,7 @@ def test_other_bad_input():
 def test_a_replay_too_large_for_the_device_is_refused_with_a_size_that_fits(monkeypatch, tmp_path):
     """A replay of every iteration at H 100 and m 256 on a one-hot MiniGrid (468 floats) is 4.5 GiB per seed: on
     a device of 8 GiB it is refused before compiling, and the --replay-iterations it suggests passes the check."""
-    monkeypatch.setattr(sqirl, "device_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(sqirl.runlog, "device_memory", lambda: 8 * 2**30)
     args = ["--env-id", "minigrid/Empty-5x5", "--horizon", "100", "--episodes-per-iteration", "256", "--num-heads",
             "1", "--quiet", "--run-dir", str(tmp_path / "big")]
     with pytest.raises(ValueError, match=r"replay would take 4\.5 GiB.*--replay-iterations (\d+) or fewer") as error:
