@@ -348,7 +348,8 @@ def schedule_note(num_updates: int, num_checkpoints: int, steps: int | None = No
 def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array, run_dir: Path,
                 num_checkpoints: int = 1, resume: bool = False, sweep: tuple[str, tuple] | dict[str, tuple] | None = None,
                 stop_after_chunks: int | None = None, program: Program | None = None,
-                before_compile: Callable[[], None] = lambda: None, resume_command: str = ""):
+                before_compile: Callable[[], None] = lambda: None, before_run: Callable[[], None] = lambda: None,
+                resume_command: str = ""):
     """Run `make_program(config)` for every seed (and every swept value), in chunks with the full state saved
     after each.
 
@@ -359,7 +360,8 @@ def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array,
     after checking that the saved names and shapes are the ones this program makes (else it refuses, naming
     what differs). A resumed run executes the same compiled chunks on the same inputs as an uninterrupted one,
     so on one CPU it ends bit-identical to it. `before_compile()` runs once everything is traced (and a resumed
-    state checked): `train` writes the run directories there, so that bad input leaves none behind. Ctrl-C
+    state checked): `train` writes the run directories there, so that bad input leaves none behind;
+    `before_run()` once the program compiled, before the first chunk runs. Ctrl-C
     stops at once with the state of the last finished chunk saved, and prints `resume_command`.
 
     Under `sweep=(name, values)` the program is built inside the traced run from `with_values(config,
@@ -409,6 +411,7 @@ def run_program(make_program: Callable[[Any], Program], config, keys: jax.Array,
     before_compile()
     compiled = traced.lower().compile()
     compile_seconds = time.perf_counter() - t0  # tracing, compiling and the initial state
+    before_run()
     saved = done
     try:
         for index in range(done // length, chunks):
@@ -510,7 +513,10 @@ def train(algorithm: str, config, make_train: Callable, steps_per_seed: int, swe
     sweep_name, sweep_values = sweep
     run_dir = runlog.run_path(config, algorithm)
     num_values = len(sweep_values) if sweep_name else 1
-    progress = runlog.Progress(run_dir, steps_per_seed, config.num_seeds * num_values, config.quiet, every_seconds)
+    # --quiet compiles no progress callback: a program with a host callback is never kept by JAX's persistent
+    # compilation cache, so a quiet rerun of the same config loads its program instead of compiling it again.
+    progress = None if config.quiet else runlog.Progress(run_dir, steps_per_seed, config.num_seeds * num_values,
+                                                         every_seconds=every_seconds)
     program = make_train(config, progress)
     run_configs = sweep_run_configs(run_dir, config, sweep_name, sweep_values)
     if not config.quiet:
@@ -527,14 +533,16 @@ def train(algorithm: str, config, make_train: Callable, steps_per_seed: int, swe
         for directory, run_config in written.items():
             runlog.start_run(directory, run_config, algorithm)
 
+    started = []  # set once the compiled program starts running
+
     try:
         state, metrics, compile_seconds, train_seconds = run_program(
             lambda c: make_train(c, progress), config, seed_keys(config.seed, config.num_seeds), run_dir,
             config.num_checkpoints, config.resume, sweep=(sweep_name, sweep_values) if sweep_name else None,
-            program=program, before_compile=write_directories,
+            program=program, before_compile=write_directories, before_run=lambda: started.append(True),
             resume_command=resume_command(algorithm, run_dir))
     except BaseException:
-        if not config.resume and progress.start is None:  # failed before its first update: leave no directory
+        if not config.resume and not started:  # failed before its first update: leave no directory
             _remove_unstarted(written)
         raise
     runs = [Run(*run) for run in sweep_runs(run_configs, state, metrics, sweep_name is not None)]

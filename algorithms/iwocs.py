@@ -196,7 +196,8 @@ class Config:
     run_dir: str | None = None
     """Output directory; default runs/iwocs_<env>_<time>."""
     quiet: bool = False
-    """No progress lines."""
+    """No progress lines and no progress.csv (the compiled program then has no host callback, so JAX's
+    persistent compilation cache can keep it)."""
     tensorboard: bool = False
     """Also write TensorBoard logs of the SAC runs."""
     wandb: bool = False

@@ -255,7 +255,7 @@ def paper_step(env: dict, out: Path, paper_steps: int, tiny: bool, deadline: flo
     try:
         for game in games:
             commands[game] = [sys.executable, str(ROOT / "algorithms" / "pqn.py"), "--preset", preset, "--env-id", game,
-                              "--num-seeds", str(seeds), *flags, "--quiet", "--run-dir", str(out / f"paper_{game}")]
+                              "--num-seeds", str(seeds), *flags, "--run-dir", str(out / f"paper_{game}")]  # not --quiet: progress.csv shows how far a cut run got
             processes[game] = subprocess.Popen(commands[game], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         outputs, timed_out = {}, False

@@ -16,7 +16,8 @@ def _share_compiled_programs():
     its resumed copy, a determinism check, the same tiny run in several modules), and a program compiled once
     is loaded from disk by every later test, in either worker and in the processes tests start (they inherit the
     variable). The cached executable is the same binary, so results are unchanged; the directory is new for each
-    session (set by the first process, before the workers start) and removed at its end."""
+    session (set by the first process, before the workers start) and removed at its end. JAX keeps no program
+    with a host callback, so only `--quiet` runs (no progress callback) and plain jitted functions are shared."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     directory = tempfile.mkdtemp(prefix="jax-test-programs-")

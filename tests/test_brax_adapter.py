@@ -13,6 +13,8 @@ from gymnax.environments import spaces
 
 import envs
 
+pytestmark = pytest.mark.slow  # every test builds a brax env (seconds each) or rolls one out
+
 RESET_NOISE = 0.01  # inverted_pendulum resets q and qd uniformly in [-0.01, 0.01]
 
 

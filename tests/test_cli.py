@@ -46,6 +46,7 @@ def test_every_algorithm_file_is_there():
 
 
 @pytest.mark.parametrize("name", FILES)
+@pytest.mark.slow
 def test_help(name):
     result = subprocess.run([sys.executable, f"algorithms/{name}.py", "--help"], cwd=ROOT, capture_output=True,
                             text=True)
@@ -65,6 +66,7 @@ def checkout_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.slow
 def test_copied_file_runs(name, tmp_path):
     """A copy under a new name runs, sweeps and names its
     output after itself. JAX's float64-truncation warning is an error in these runs: a dtype=float64 request in
@@ -85,6 +87,7 @@ def test_copied_file_runs(name, tmp_path):
         assert config[param] == float(run.name.partition("=")[2]) and config["sweep"] == ""
 
 
+@pytest.mark.slow
 def test_a_copy_resumes_under_its_own_name(tmp_path, monkeypatch):
     """A copy cut after its first checkpoint (as a killed run) continues with --resume, as its own algorithm."""
     checkout = checkout_copy(tmp_path)
@@ -106,6 +109,7 @@ def test_a_copy_resumes_under_its_own_name(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["algorithm"] == "pqn_variant"
 
 
+@pytest.mark.slow
 def test_a_file_imports_the_runner_runlog_and_envs_of_its_own_checkout(tmp_path):
     """A second checkout's file uses that checkout's runner.py, runlog.py and envs/, whatever copy is installed
     (the editable install points at this repository) and whatever the working directory."""
@@ -123,6 +127,7 @@ def test_a_file_imports_the_runner_runlog_and_envs_of_its_own_checkout(tmp_path)
 
 @pytest.mark.parametrize("script", ["benchmark", "bench_robust_envs", "compare_brax_sac", "effective_horizon",
                                     "evaluate"])
+@pytest.mark.slow
 def test_a_script_imports_the_runner_and_envs_of_its_own_checkout(script, tmp_path):
     """The same for the scripts: scripts/X.py of a second checkout imports that checkout's runner.py and envs/."""
     checkout = checkout_copy(tmp_path)
@@ -140,6 +145,7 @@ def test_a_script_imports_the_runner_and_envs_of_its_own_checkout(script, tmp_pa
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.slow
 def test_bad_input_is_one_line_on_the_command_line(name, tmp_path):
     """From the shell, a value the checks reject is one line that says what to change, not a traceback, and
     nothing is written (tests/test_bad_input.py covers every kind of bad input in-process)."""
@@ -179,6 +185,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 def test_a_copy_with_a_python_outer_loop_still_writes_a_run(tmp_path):
     """pqn.py copied and given a plain Python loop over its jitted `update` in place of runner.train writes the
     same kind of run directory through runlog alone: the program's pieces are usable without the harness."""

@@ -14,6 +14,8 @@ import pytest
 import envs
 from envs.registry import DMC_ENV_NAMES
 
+pytestmark = pytest.mark.slow  # every test builds a MuJoCo Playground env (seconds each) or trains on one
+
 # Batched and unbatched runs of the same MJX rollout are different float programs (XLA vectorizes them
 # differently); 40 steps of a cartpole in float32 stay within this of each other. Differences between the
 # models compared below are orders of magnitude larger (asserted).

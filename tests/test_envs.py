@@ -129,6 +129,7 @@ def test_sticky_actions():
 NEEDS_DOWNLOAD = {"MNISTBandit-bsuite"}
 
 
+@pytest.mark.slow
 def test_every_gymnax_id_builds_and_steps_with_the_common_interface():
     import gymnax
 
@@ -159,6 +160,7 @@ def test_discounted_reward_sums_to_the_discounted_return():
     assert total == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_minatar_without_time_limit_keeps_the_games_own_episode_ends():
     """time_limit=False: gymnax's cap is gone (the caller's params cannot bring it back), Freeway ends by
     termination when the original game's 2500-frame clock runs out (step 2501); the default is unchanged."""

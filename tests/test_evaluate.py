@@ -60,6 +60,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", EVALUATED)
+@pytest.mark.slow
 def test_evaluating_a_run_gives_its_final_return_again(name, trained, tmp_path):
     run_dir = trained(name)
     report = evaluate.main([str(run_dir), "--final-return", "--episodes", "2", "--out", str(tmp_path)])
@@ -71,6 +72,7 @@ def test_evaluating_a_run_gives_its_final_return_again(name, trained, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["final_return"]["summary"] == recorded
 
 
+@pytest.mark.slow
 def test_stream_x_policy_is_evaluated_and_has_no_final_evaluation(trained, tmp_path):
     run_dir = trained("stream_x")
     report = evaluate.main([str(run_dir), "--episodes", "3", "--out", str(tmp_path)])
@@ -80,6 +82,7 @@ def test_stream_x_policy_is_evaluated_and_has_no_final_evaluation(trained, tmp_p
         evaluate.main([str(run_dir), "--final-return", "--episodes", "0", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_episodes_on_another_env_with_the_same_spaces(trained, tmp_path):
     """PQN's CartPole policy on CartPole capped at 20 steps: every episode ends by step 20."""
     report = evaluate.main([str(trained("pqn")), "--env-id", "CartPole-v1/horizon20", "--episodes", "4",
@@ -89,6 +92,7 @@ def test_episodes_on_another_env_with_the_same_spaces(trained, tmp_path):
     assert per_seed["max"] <= 20 and per_seed["mean_length"] <= 20
 
 
+@pytest.mark.slow
 def test_set_changes_the_evaluation_env(trained, tmp_path):
     """--set sticky_action_prob=1: the env repeats its first action forever; the same episodes play differently."""
     flags = [str(trained("pqn")), "--episodes", "4", "--out", str(tmp_path)]
@@ -98,6 +102,7 @@ def test_set_changes_the_evaluation_env(trained, tmp_path):
     assert report["episodes"]["per_seed"][0]["returns"] != plain
 
 
+@pytest.mark.slow
 def test_render_writes_a_gif_of_the_requested_frames(trained, tmp_path):
     report = evaluate.main([str(trained("pqn")), "--episodes", "0", "--render", str(tmp_path / "agent.gif"),
                             "--frames", "30", "--size", "96", "--out", str(tmp_path)])
@@ -107,6 +112,7 @@ def test_render_writes_a_gif_of_the_requested_frames(trained, tmp_path):
     assert not np.array_equal(first, last)  # the pole moves
 
 
+@pytest.mark.slow
 def test_render_draws_a_mujoco_body(tmp_path):
     """A dm_control cartpole, posed on the host from the MJX state: the pole and cart are drawn, in color."""
     import envs
@@ -121,6 +127,7 @@ def test_render_draws_a_mujoco_body(tmp_path):
 
 @pytest.mark.parametrize("case", ["not_a_run", "unfinished", "sweep", "other_spaces", "unknown_env", "seed_index",
                                   "gif", "set"])
+@pytest.mark.slow
 def test_bad_input_is_one_line(case, trained, tmp_path):
     run_dir = trained("pqn")
     args, message = {

@@ -87,6 +87,7 @@ def test_the_exact_solver_on_hand_checked_mdps():
         assert lock_facts.optimal_return == pytest.approx(lock.optimal_return(lock_params), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_keycorridor_s3r1_matches_the_authors_analysis():
     """BRIDGE's data/mdps/MiniGrid-KeyCorridorS3R1-v0/consolidated_analyzed.json (github.com/cassidylaidlaw/
     effective-horizon): min_k 1, EPW 15, and for k = 1..16 the sample counts m_k of Theorem 5.4, whence the
@@ -110,6 +111,7 @@ def test_bad_minigrid_id_gives_one_line_with_suggestions():
     assert "\n" not in message and "'minigrid/DoorKey-5x5'" in message
 
 
+@pytest.mark.slow
 def test_sqirl_solves_the_smallest_mdp(tmp_path):
     """SQIRL with k = 1 (BRIDGE: Empty-5x5 is 1-QVI-solvable) reaches the optimal return 1 within 40k env
     steps; a random policy's return is 0.76 and a do-nothing policy's (turning on the spot) 0."""
@@ -123,6 +125,7 @@ def test_sqirl_solves_the_smallest_mdp(tmp_path):
     assert all(s is not None and s <= 40_000 for s in summary["steps_to_solve"])
 
 
+@pytest.mark.slow
 def test_exact_mode_of_the_script(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "effective_horizon.py"), "--exact", "--envs",
                     "minigrid/LavaGapS5", "CombinationLock-H3", "--out-dir", str(tmp_path)], check=True, cwd=ROOT)

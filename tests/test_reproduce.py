@@ -112,12 +112,14 @@ def cartpole_out(tmp_path_factory):
     return out, path
 
 
+@pytest.mark.slow
 def test_tiny_figure_is_written(cartpole_out):
     out, path = cartpole_out
     assert path == out / "pqn-cartpole" / "tiny" / "pqn-cartpole.png" and path.stat().st_size > 1000
     assert reproduce.is_done(out / "pqn-cartpole" / "tiny" / "pqn", 2)
 
 
+@pytest.mark.slow
 def test_resume_does_not_retrain(cartpole_out, monkeypatch):
     out, path = cartpole_out
     summary = out / "pqn-cartpole" / "tiny" / "pqn" / "summary.json"
@@ -134,6 +136,7 @@ def test_resume_does_not_retrain(cartpole_out, monkeypatch):
 # sac-brax and stream-ac-brax draw as the others do; their brax runs are compiled by the SAC and stream AC tests.
 @pytest.mark.parametrize("name", ["pqn-minatar", "pqn-normalization", "stream-q-minatar", "sqirl-horizon",
                                   "qarl-robustness", "iwocs-worst-case"])
+@pytest.mark.slow
 def test_tiny_run_of_each_figure(name, tmp_path):
     path = reproduce.reproduce(name, "tiny", out=tmp_path, log=lambda _: None)
     assert path.exists() and path.stat().st_size > 1000
@@ -143,6 +146,7 @@ def test_tiny_run_of_each_figure(name, tmp_path):
         assert len(rows) == 2 + 2 and rows[-1].startswith("| SAC") and "| n/a |" in rows[-1]
 
 
+@pytest.mark.slow
 def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
     """qarl-dmc: QARL, linear, RARL and SAC with one budget on the dmc presets (built, not compiled: a dmc QARL
     program compiles for minutes on 2 cores); the CPU scale is 12 of the authors' 200 iterations."""
@@ -160,6 +164,7 @@ def test_qarl_dmc_runs_the_papers_variants_on_its_tasks():
         assert callable(qarl.make_train(configs[0]))
 
 
+@pytest.mark.slow
 def test_a_figure_redraws_from_its_kept_curve_files_alone(cartpole_out, tmp_path, monkeypatch):
     """results/paper/ keeps of each run only summary.json, config.json and curve_<key>.csv: the curve file holds
     exactly the series the figure draws from the run's metrics, and the figure redraws from those files alone
@@ -231,6 +236,7 @@ def test_steps_to_solve_reads_each_seeds_own_env_steps(tmp_path):
     assert plot.steps_to_solve(tmp_path / "run", 3) == sqirl.steps_to_solve(np.array(returns), np.array(steps), 1.0)
 
 
+@pytest.mark.slow
 def test_sample_complexity_figure_and_table(tmp_path):
     """The figure's table: exact facts of the MDP (Empty-5x5: 32 states, min k 1, bound 6), per method the seeds
     solved and the median over all seeds (beyond the cap when fewer than half solved, BRIDGE's inf)."""

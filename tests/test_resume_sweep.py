@@ -52,6 +52,7 @@ def read_metrics(run_dir, num_seeds):
 
 
 @pytest.mark.parametrize("name", RESUMABLE)
+@pytest.mark.slow
 def test_resume_ends_where_an_uninterrupted_run_ends(name, tmp_path, monkeypatch):
     module = import_module(f"algorithms.{name}")
     flags = [*TINY[name], "--num-seeds", "2", "--num-checkpoints", "4", "--quiet"]
@@ -72,7 +73,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(name, tmp_path, monkeypatch
     assert config["run_dir"] == str(tmp_path / "cut")
 
 
-@pytest.mark.parametrize("name", sorted(SWEEPS))
+# IWOCS's and QARL's programs take seconds to trace each; they run with the slow tests.
+SWEEP_FILES = [pytest.param(name, marks=pytest.mark.slow) if name in ("iwocs", "qarl") else name for name in sorted(SWEEPS)]
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
 def test_a_swept_value_replaces_the_config_value_everywhere(name):
     """What --sweep runs (the program built from `runner.with_values(config, {name: traced value})`) keeps
     nothing of the config's own value: the traced program is the same whatever the config said."""
@@ -90,7 +95,7 @@ def test_a_swept_value_replaces_the_config_value_everywhere(name):
     assert traced_program(values[0]) == traced_program(values[2])
 
 
-@pytest.mark.parametrize("name", sorted(SWEEPS))
+@pytest.mark.parametrize("name", SWEEP_FILES)
 def test_every_sweepable_name_is_read(name):
     """Each name in the file's SWEEPABLE reaches the computation when swept (runner checks this before it
     compiles a sweep), and a name the computation never reads is refused with the fix."""
@@ -123,6 +128,7 @@ def test_resume_needs_a_run_directory(tmp_path):
         runner.parse_config(pqn.Config, pqn.PRESETS, ["--resume", str(tmp_path), "--lr", "1"])
 
 
+@pytest.mark.slow
 def test_sac_resumes_a_sweep_cut_after_learning_started_with_normalized_observations(tmp_path, monkeypatch):
     """The cut falls after SAC has made gradient updates (trained actor, critics, their optimizer states, α and
     the observation statistics must all come back), in a sweep of two values: each value's resumed run ends
@@ -152,6 +158,7 @@ def test_sac_resumes_a_sweep_cut_after_learning_started_with_normalized_observat
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
+@pytest.mark.slow
 def test_every_sweepable_name_changes_the_run_and_each_value_runs_as_if_alone(name, tmp_path):
     """One program sweeps every SWEEPABLE name jointly: slot 0 has the config's values, slot i changes only the
     i-th name (to a tenth, or ALTERED). Each slot's metrics differ from slot 0's (every name reaches the
@@ -222,6 +229,7 @@ def load_copy(tmp_path, monkeypatch, name, edit=lambda source: source):
     return module
 
 
+@pytest.mark.slow
 def test_resuming_another_files_run_is_refused_and_changes_nothing(tmp_path, monkeypatch):
     """A copy of stream_x with a field of its own, cut after one chunk: `stream_x.py --resume` of its run is
     refused by name before anything is written (it used to rewrite config.json as stream_x, drop the copy's
@@ -238,6 +246,7 @@ def test_resuming_another_files_run_is_refused_and_changes_nothing(tmp_path, mon
     assert directory_bytes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_resuming_a_run_whose_config_fields_differ_is_refused(tmp_path, monkeypatch):
     """The same file, changed between cut and resume: a field it no longer has, or one the run never recorded."""
     pqn = import_module("algorithms.pqn")
@@ -253,6 +262,7 @@ def test_resuming_a_run_whose_config_fields_differ_is_refused(tmp_path, monkeypa
         assert directory_bytes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_metric_added_between_cut_and_resume_is_refused_by_name(tmp_path, monkeypatch):
     """Metrics are saved and restored by name: a file that logs one more metric after the cut is refused, naming
     it, with nothing written (restored by position, the saved columns would shift under other names)."""
@@ -328,6 +338,7 @@ def test_a_run_that_fails_before_its_first_update_leaves_no_directory(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_once_with_the_state_saved_and_prints_the_resume_command(tmp_path, monkeypatch):
     """SIGINT during a long run: the process exits (130) with the last finished chunk's state in resume.npz and
     the exact command to continue, which then continues it."""
@@ -394,6 +405,7 @@ def test_resume_continues_from_the_saved_state_not_from_the_start(tmp_path, monk
     assert any(not np.array_equal(a, b) for a, b in zip(whole, cut, strict=True))
 
 
+@pytest.mark.slow
 def test_each_swept_directory_holds_the_run_of_its_own_value(tmp_path):
     """Through main: each value's directory of `--sweep lr=1e-4,3e-2` starts as a plain `--lr` run with that value
     (its logged learning rate and first update's TD loss), and not as the other value's. The first update only:

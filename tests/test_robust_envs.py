@@ -109,6 +109,7 @@ def test_uncertainty_sets_normalize_and_grid():
     assert envs.uncertainty_set("cartpole-3d").names == ("pole_mass", "pole_length", "cart_mass")
 
 
+@pytest.mark.slow
 def test_set_nominal_values_are_the_unmodified_envs():
     for uset in envs.UNCERTAINTY_SETS.values():
         env, _ = envs.make(uset.env_id)
@@ -142,6 +143,7 @@ def test_ant_3d_third_axis_is_m2td3_body_mass_4():
     np.testing.assert_allclose(changed, expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_grid_evaluation_matches_a_loop_of_single_evaluations():
     env, params = envs.make("Pendulum-v1")
     uset = envs.uncertainty_set("pendulum-2d")
@@ -171,6 +173,7 @@ def test_grid_evaluation_matches_a_loop_of_single_evaluations():
     np.testing.assert_allclose(result.worst_values, result.values.reshape(-1, 2)[np.argmin(result.returns)])
 
 
+@pytest.mark.slow
 def test_policy_with_memory_in_the_evaluator():
     env, params = envs.make("Pendulum-v1")
     uset = envs.uncertainty_set("pendulum-2d")
@@ -306,6 +309,7 @@ def cartpole3d():
     return env, params, cart_velocity_after_one_step
 
 
+@pytest.mark.slow
 def test_brax_push_along_x_speeds_the_body_up(cartpole3d):
     env, params, one_step = cartpole3d
     params = envs.with_dynamics(env, params, {"cart_mass": 5.0})  # arrays from here on: one compilation
@@ -318,6 +322,7 @@ def test_brax_push_along_x_speeds_the_body_up(cartpole3d):
     assert float(adversary_reward) == -float(reward)
 
 
+@pytest.mark.slow
 def test_brax_heavier_cart_accelerates_less(cartpole3d):
     env, params, one_step = cartpole3d
     key = jax.random.PRNGKey(0)
@@ -330,6 +335,7 @@ def test_brax_heavier_cart_accelerates_less(cartpole3d):
     assert light / heavy > 1.5
 
 
+@pytest.mark.slow
 def test_mjx_pushes_like_generalized(cartpole3d):
     # Both backends apply the force at the cart's center of mass: xfrc_applied (mjx) vs J^T F (generalized).
     generalized_env, generalized_params, generalized_step = cartpole3d
@@ -354,6 +360,7 @@ def test_mjx_pushes_like_generalized(cartpole3d):
     np.testing.assert_allclose(mjx, generalized, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_force_to_joint_torques_matches_mujoco():
     """J^T F through the ancestor joints equals MuJoCo's mj_applyFT at the bodies' centers of mass."""
     from brax import kinematics
@@ -410,6 +417,7 @@ def hopper_rollout():
     return env, params, rollout
 
 
+@pytest.mark.slow
 def test_brax_hopper_friction_mass_and_push_change_the_trajectory(hopper_rollout):
     env, params, rollout = hopper_rollout
     uset = envs.uncertainty_set("hopper-2d")
@@ -433,6 +441,7 @@ def test_brax_hopper_friction_mass_and_push_change_the_trajectory(hopper_rollout
     np.testing.assert_allclose(same.geom_friction, env.brax_env.sys.geom_friction, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_brax_nominal_parameters_and_zero_force_reproduce_the_plain_env(cartpole3d):
     env, params, one_step = cartpole3d
     masses = {name: value for name, value in envs.nominal_dynamics(env).items() if name.endswith("_mass")}
@@ -445,6 +454,7 @@ def test_brax_nominal_parameters_and_zero_force_reproduce_the_plain_env(cartpole
     np.testing.assert_allclose(reward_two_player, reward)
 
 
+@pytest.mark.slow
 def test_brax_grid_matches_single_evaluations_and_errors():
     env, params = envs.make("brax/inverted_pendulum")
     uset = envs.uncertainty_set("inverted_pendulum-2d")
@@ -471,6 +481,7 @@ def test_brax_grid_matches_single_evaluations_and_errors():
         envs.AdversarialForces(positional, bodies=("cart",), max_force=1.0)
 
 
+@pytest.mark.slow
 def test_common_random_numbers_give_every_model_the_same_episodes_and_independent_ones_do_not():
     """Pendulum's reset is random: with common random numbers two copies of one model return the same, with
     independent episodes (QARL's default grid, as its authors draw one episode per cell) they do not."""

@@ -8,6 +8,7 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import runner
 import runlog
@@ -40,6 +41,7 @@ def test_seed_keys_do_not_depend_on_the_number_of_seeds():
     assert len({tuple(np.asarray(k)) for k in keys}) == 8
 
 
+@pytest.mark.slow
 def test_one_seed_unbatched_matches_the_batched_run():
     config = runner.parse_config(pqn.Config, pqn.PRESETS, ["--total-timesteps", "4096", "--num-evals", "1"])
     train = pqn.make_train(config)

@@ -56,6 +56,7 @@ def test_temperature_moves_toward_the_entropy_target(entropy_above_target):
         assert new_log_alpha > log_alpha
 
 
+@pytest.mark.slow
 def test_target_entropy_flag_reaches_the_temperature_loss():
     """--target-entropy-per-action-dim -0.5 on Pendulum (|A| = 1) is the same run as --target-entropy -0.5, bit for
     bit (the same float reaches the same loss), and a different run from the paper's default -|A|."""
@@ -71,6 +72,7 @@ def test_target_entropy_flag_reaches_the_temperature_loss():
     assert learning.any() and not np.array_equal(per_dim[learning], default[learning])
 
 
+@pytest.mark.slow
 def test_critic_layer_norm_reaches_the_critics():
     """--critic-layer-norm (brax's q_network_layer_norm, in the dmc-cheetah preset) puts a LayerNorm after each
     hidden ReLU of both critics and changes their losses."""
@@ -149,6 +151,7 @@ def test_running_stats_match_numpy():
 # Runs, errors, determinism, checkpoint
 
 
+@pytest.mark.slow
 def test_run_outputs_and_checkpoint_with_normalizer(tmp_path):
     run_dir = tmp_path / "run"
     summary = sac.main([*TINY, "--num-seeds", "2", "--normalize-observations", "--run-dir", str(run_dir)])
@@ -165,6 +168,7 @@ def test_run_outputs_and_checkpoint_with_normalizer(tmp_path):
     assert restored["critic"]["params"]["Dense_0"]["kernel"].shape == (2, 2, 4, 32)  # seeds x twin critics
 
 
+@pytest.mark.slow
 def test_same_seed_same_result():
     config = runner.parse_config(sac.Config, sac.PRESETS, TINY)
     train = jax.jit(sac.make_train(config))
@@ -182,6 +186,7 @@ def test_same_seed_same_result():
 # commit 09341aa; brax-hopper ran here, 129 s in CI, until scripts/evaluate.py's tests needed the time).
 # pendulum and brax-inverted-pendulum run whole in the learning tests below.
 @pytest.mark.parametrize("preset", ["mountaincar"])
+@pytest.mark.slow
 def test_preset_runs(preset, tmp_path):
     config = sac.PRESETS[preset]
     steps = str(config.num_envs * 4)
@@ -196,6 +201,7 @@ def test_every_preset_builds(preset):
     assert callable(sac.make_train(config))
 
 
+@pytest.mark.slow
 def test_brax_hopper_preset_traces_whole():
     """The brax-hopper run at tiny sizes, traced end to end (jax.eval_shape: no compile): metrics per row."""
     config = runner.parse_config(sac.Config, sac.PRESETS, [
@@ -232,6 +238,8 @@ def test_pendulum_learns(tmp_path):
 
 @pytest.mark.slow
 def test_brax_inverted_pendulum_learns(tmp_path):
-    """brax inverted_pendulum within 50k env steps: final return >= 900 (the maximum is 1000)."""
-    summary = sac.main(["--preset", "brax-inverted-pendulum", "--quiet", "--run-dir", str(tmp_path / "ip")])
+    """brax inverted_pendulum within 40k env steps (the preset's 50k less a fifth, for the suite's time): final
+    return >= 900 (the maximum is 1000). Measured on the 2-core CPU on 2026-12-07: 1000 at 40k."""
+    summary = sac.main(["--preset", "brax-inverted-pendulum", "--total-timesteps", "40000", "--quiet",
+                        "--run-dir", str(tmp_path / "ip")])
     assert np.mean(summary["final_return"]) >= 900, summary["final_return"]

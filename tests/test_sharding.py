@@ -57,7 +57,7 @@ for name, flags in tiny.items():
     devices.clear()
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(root or scratch) / name
-        summary = module.main([*flags, "--num-seeds", "4", "--quiet", "--run-dir", str(run_dir)])
+        summary = module.main([*flags, "--num-seeds", "4", "--run-dir", str(run_dir)])  # not --quiet: progress.csv
         if jax.process_index() != 0:  # another host than host 0 writes nothing
             out[name] = {"devices": sorted(set(devices)), "wrote": run_dir.exists()}
             continue
@@ -112,6 +112,7 @@ def results():
 
 
 @pytest.mark.parametrize("name", CHECKED)
+@pytest.mark.slow
 def test_sharded_seeds_match_one_device(results, name):
     one, four = results[0][name], results[1][name]
     assert one["devices"] == [1] and four["devices"] == [4]  # what main trained really lives on 4 devices
@@ -139,6 +140,7 @@ def free_port() -> int:
 HOSTS_TIMEOUT_S = 1800
 
 
+@pytest.mark.slow
 def test_two_hosts_write_what_one_process_on_four_devices_writes(results, tmp_path):
     """Multi-host training for real on one machine: 2 processes joined by `jax.distributed`, each a "host" with 2
     CPU devices (gloo collectives, the coordinator on 127.0.0.1), started with the environment a launcher sets
@@ -209,6 +211,7 @@ print("RESULT", len(jax.devices()), all(np.array_equal(a, b) for a, b in zip(who
 """
 
 
+@pytest.mark.slow
 def test_sharded_run_resumes_and_sweeps_through_main(tmp_path):
     """main() on 4 devices: the chunks keep the seeds sharded, --resume continues exactly, --sweep runs."""
     env = cpu_env(4)

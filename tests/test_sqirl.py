@@ -133,6 +133,7 @@ def lock_train():
     return config, jax.jit(sqirl.make_train(config))(jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow
 def test_policy_snapshots_are_one_stacked_pytree(lock_train):
     config, (state, snapshots, metrics) = lock_train
     assert jax.tree.structure(snapshots) == jax.tree.structure(state.params)
@@ -175,6 +176,7 @@ def test_gradient_steps_follow_the_authors_rule(lock_train):
                                             np.ceil(new[1:] * config.num_epochs / config.batch_size)).all()
 
 
+@pytest.mark.slow
 def test_an_iteration_without_new_transitions_still_trains():
     """H = 4 on a 2-digit lock: iterations 2 and 3 store nothing (every episode has ended by t = 2), yet
     train on the buffer, which they leave as it is (one ring slot: it keeps the last data stored)."""
@@ -201,6 +203,7 @@ def test_steps_to_solve_takes_the_first_evaluation_at_the_threshold():
     assert sqirl.steps_to_solve(eval_return, env_steps, None) == [None, None, None]
 
 
+@pytest.mark.slow
 def test_steps_to_solve_of_a_one_digit_lock(tmp_path):
     """CombinationLock-H1, k = 1: one iteration of m one-step random episodes, after which greedy on the
     fitted Q (right digit +1, others -2) is optimal: solved at exactly m env steps. Null when never solved."""
@@ -231,6 +234,7 @@ def test_the_horizon_follows_the_lock():
         horizon("--env-id", "CartPole-v1")
 
 
+@pytest.mark.slow
 def test_budget_stops_iterations_and_later_timesteps_use_the_latest_network():
     config = runner.parse_config(sqirl.Config, sqirl.PRESETS, ["--env-id", "CartPole-v1", "--horizon", "20",
                                                              "--episodes-per-iteration", "4",
@@ -249,12 +253,13 @@ def test_budget_stops_iterations_and_later_timesteps_use_the_latest_network():
 
 
 @pytest.mark.parametrize("preset", list(sqirl.PRESETS))
+@pytest.mark.slow
 def test_every_preset_runs(preset, tmp_path):
     run_dir = tmp_path / preset
     summary = sqirl.main(["--preset", preset, *TINY, "--num-seeds", "2", "--run-dir", str(run_dir)])
     assert summary["preset"] == preset and summary["num_seeds"] == 2 and len(summary["final_return"]) == 2
     assert np.isfinite(summary["final_return"]).all() and summary["horizon"] == 3
-    for name in ["config.json", "progress.csv", "metrics_seed0.csv", "metrics_seed1.csv", "summary.json",
+    for name in ["config.json", "metrics_seed0.csv", "metrics_seed1.csv", "summary.json",
                  "curve.png", "checkpoint.msgpack"]:
         assert (run_dir / name).stat().st_size > 0, name
     on_disk = json.loads((run_dir / "summary.json").read_text())
@@ -268,6 +273,7 @@ def test_every_preset_runs(preset, tmp_path):
     assert all(leaf.shape[:2] == (2, 3) for leaf in jax.tree.leaves(snapshots))  # [seed, timestep, ...]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result():
     config = runner.parse_config(sqirl.Config, sqirl.PRESETS, ["--preset", "cartpole", *TINY])
     train = jax.jit(sqirl.make_train(config))
@@ -323,6 +329,7 @@ def test_a_replay_too_large_for_the_device_is_refused_with_a_size_that_fits(monk
     assert not (tmp_path / "big").exists()  # refused before anything was written or compiled
 
 
+@pytest.mark.slow
 def test_nan_loss_is_reported_and_outputs_are_kept(tmp_path):
     run_dir = tmp_path / "nan"
     with pytest.raises(SystemExit, match="NaN.*--lr"):

@@ -175,6 +175,7 @@ def test_pqn_lambda_returns_bootstrap_from_the_final_observation_at_time_limits(
 # SAC: rollout -> replay buffer (true next observations) -> critic targets
 
 
+@pytest.mark.slow
 def test_sac_stores_final_observations_and_cuts_only_terminal_targets(two_endings, monkeypatch):
     two_endings["continuous"] = True
     calls = record(monkeypatch, sac, "critic_targets")
@@ -211,6 +212,7 @@ def test_sac_stores_final_observations_and_cuts_only_terminal_targets(two_ending
 
 
 @pytest.mark.parametrize("learner, time_feature", [("q", True), ("q", False), ("ac", False)])
+@pytest.mark.slow
 def test_stream_x_td_error_at_time_limits(two_endings, monkeypatch, learner, time_feature):
     two_endings["continuous"] = learner == "ac"
     calls = record(monkeypatch, stream_x, "td_error")
@@ -258,6 +260,7 @@ def test_stream_x_td_error_at_time_limits(two_endings, monkeypatch, learner, tim
 # SQIRL: finite horizon, every episode end is terminal (the authors' choice): pinned
 
 
+@pytest.mark.slow
 def test_sqirl_stops_returns_and_backups_at_every_episode_end(two_endings, monkeypatch):
     calls = record(monkeypatch, sqirl, "head_targets")
     horizon = 5  # longer than the env's episodes: after an end, the env auto-resets inside the horizon
@@ -294,6 +297,7 @@ def test_sqirl_stops_returns_and_backups_at_every_episode_end(two_endings, monke
 # IWOCS: its SAC's rollout -> replay -> soft and unregularized critic targets
 
 
+@pytest.mark.slow
 def test_iwocs_sac_targets_bootstrap_from_the_final_observation(two_endings, monkeypatch):
     two_endings["continuous"] = True
 
@@ -348,6 +352,7 @@ class NoForces(envs.Wrapper):
         return obs, state, reward, terminated, truncated, {**info, "adversary_reward": -reward}
 
 
+@pytest.mark.slow
 def test_qarl_buffers_and_targets_of_both_players_at_the_horizon(two_endings, monkeypatch):
     two_endings["continuous"] = True
 
