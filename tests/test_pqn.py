@@ -327,6 +327,10 @@ def test_same_seed_same_result():
     np.testing.assert_array_equal(metrics_a["td_loss"], metrics_b["td_loss"])
     (state_c, _) = train(jax.random.PRNGKey(4))
     assert not np.array_equal(state_a.params["params"]["Dense_0"]["kernel"], state_c.params["params"]["Dense_0"]["kernel"])
+    # The last evaluation ran on the episodes of runner.final_eval_key(seed): the trained policy, rebuilt as
+    # scripts/evaluate.py rebuilds it, gives the same return on them (a different float program: tolerance).
+    policy = pqn.trained_policy(config, {"params": state_a.params})
+    np.testing.assert_allclose(float(policy.final_return()), float(metrics_a["eval_return"][-1]), rtol=1e-4)
 
 
 @pytest.mark.parametrize("preset", list(pqn.PRESETS))
