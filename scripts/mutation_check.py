@@ -124,7 +124,7 @@ BREAKS = [
           "envs/wrappers.py",
           "        done = jnp.logical_or(terminated, truncated)\n        episode_return = state.episode_return",
           "        done = terminated\n        episode_return = state.episode_return",
-          ("tests/test_envs.py",)),
+          ("tests/test_envs.py", "tests/test_stream_x.py")),
     Break("runner-resume-from-zeros", "--resume restores a carry of zeros (the run starts over mid-schedule)",
           "runner.py",
           "carry = jax.tree.unflatten(jax.tree.structure(carry_shape), leaves)",

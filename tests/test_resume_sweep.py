@@ -51,8 +51,9 @@ def read_metrics(run_dir, num_seeds):
     return [np.genfromtxt(run_dir / f"metrics_seed{i}.csv", delimiter=",", names=True) for i in range(num_seeds)]
 
 
-@pytest.mark.parametrize("name", RESUMABLE)
-@pytest.mark.slow
+# stream_x's resume is in the fast tests (the cheapest program; it catches a resume that restores nothing).
+@pytest.mark.parametrize("name", [name if name == "stream_x" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in RESUMABLE])
 def test_resume_ends_where_an_uninterrupted_run_ends(name, tmp_path, monkeypatch):
     module = import_module(f"algorithms.{name}")
     flags = [*TINY[name], "--num-seeds", "2", "--num-checkpoints", "4", "--quiet"]

@@ -113,6 +113,39 @@ def test_critic_targets_truncation_bootstraps_termination_does_not():
     np.testing.assert_allclose(ours, expected, rtol=1e-6)
 
 
+TWIN_CRITIC = sac.TwinCritic
+
+
+def test_critic_targets_take_the_min_of_the_twin_target_critics(monkeypatch):
+    """The target uses min_i Q̄_i (clipped double Q): with twin critics that answer +1 and -1 everywhere, every
+    target the update computes is built from -1 (the max would give +1, either critic alone a constant)."""
+    import flax.linen as nn
+
+    class OneHighOneLow(nn.Module):
+        hidden_size: int
+        num_layers: int
+        layer_norm: bool = False
+
+        @nn.compact
+        def __call__(self, obs, action):
+            q = TWIN_CRITIC(self.hidden_size, self.num_layers, self.layer_norm)(obs, action)  # [2, ...]
+            return 0.0 * q + jnp.array([1.0, -1.0]).reshape(2, *[1] * (q.ndim - 1))
+
+    seen = []
+    real_targets = sac.critic_targets
+
+    def recording_targets(reward, terminated, next_q_min, *args):
+        jax.debug.callback(lambda values: seen.append(np.asarray(values)), next_q_min)
+        return real_targets(reward, terminated, next_q_min, *args)
+
+    monkeypatch.setattr(sac, "TwinCritic", OneHighOneLow)
+    monkeypatch.setattr(sac, "critic_targets", recording_targets)
+    config = runner.parse_config(sac.Config, sac.PRESETS, TINY)
+    jax.block_until_ready(jax.jit(sac.make_train(config))(jax.random.PRNGKey(0)))
+    jax.effects_barrier()
+    assert seen and all(np.all(values == -1.0) for values in seen), seen[:1]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Replay buffer and normalizer
 
