@@ -45,8 +45,9 @@ _pin_worker_to_its_core()
 # Scheduling for the two workers (`--dist loadgroup --no-loadscope-reorder`): a worker takes the next unit of work
 # in the order below when it is free, so the longest units go first and the last ones to finish are short
 # (longest-first scheduling; with xdist's default order, by test count, one worker idled for minutes at the end).
-# A unit is one learning test (marked slow: they share nothing), or one whole module (its tests share
-# module-scoped fixtures and compiled programs). Modules heaviest first, by the CI log's durations; the rest keep
+# A unit is one slow test that uses no module-scoped fixture (a learning test: they share nothing), or one whole
+# module (its tests share module-scoped fixtures and compiled programs; its slow tests that use such a fixture
+# stay in it). Modules heaviest first, by the CI log's durations; the rest keep
 # their collection order. A stale list costs balance, never correctness.
 HEAVY_MODULES = ("test_reproduce", "test_resume_sweep", "test_iwocs", "test_qarl", "test_sac", "test_cli", "test_dmc",
                  "test_sharding", "test_stream_x", "test_pqn", "test_truncation", "test_sqirl", "test_evaluate",
@@ -62,6 +63,14 @@ def pytest_collection_modifyitems(items):
         return HEAVY_MODULES.index(module) if module in HEAVY_MODULES else len(HEAVY_MODULES)
 
     for item in items:
-        if not item.get_closest_marker("slow"):
+        if not item.get_closest_marker("slow") or shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=rank)  # stable: a module's tests keep their order
+
+
+def shares_a_module_fixture(item) -> bool:
+    """Whether the test uses a fixture of its own module that outlives one test (a trained run, a pair of sharded
+    processes): such a slow test must stay in its module's group, or the fixture is built on both workers."""
+    module = item.nodeid.split("::")[0]
+    return any(definition.scope != "function" and definition.baseid == module
+               for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions)

@@ -55,7 +55,10 @@ def test_a_step_past_its_limit_is_stopped_and_recorded(tmp_path):
     timeout; no wall-clock bound is asserted."""
     env = dict(os.environ)
     pid_file = tmp_path / "pid"
-    sleeper = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(120)"
+    # (an xdist worker ignores SIGINT and its children inherit that: the sleeper takes it back, so the step's
+    # SIGINT ends it at once rather than the SIGKILL 10 s later)
+    sleeper = (f"import os, pathlib, signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(120)")
     outcome = gpu_check.run([sys.executable, "-c", sleeper], env, limit=5, deadline=time.monotonic() + 100)
     assert outcome["status"] == "timeout"
     with pytest.raises(ProcessLookupError):  # killed, not waited for

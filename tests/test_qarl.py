@@ -191,6 +191,7 @@ def test_temperatures_are_reused_in_both_phases_and_the_curriculum_sees_discount
     assert returns[5:].mean() > float(metrics["episode_return"][0, -1])
 
 
+@pytest.mark.slow
 def test_determinism():
     _, first = tiny_run()
     _, second = tiny_run()
