@@ -333,6 +333,17 @@ def test_same_seed_same_result():
     np.testing.assert_allclose(float(policy.final_return()), float(metrics_a["eval_return"][-1]), rtol=1e-4)
 
 
+def test_epsilon_reaches_the_actions():
+    """ε = 1 (every action uniformly random) and ε = 0 (every action greedy) act differently from the same key: the
+    training episodes and the TD losses differ. An ε-greedy that ignored ε would give the same run twice."""
+    def run(epsilon):
+        config = runner.parse_config(pqn.Config, pqn.PRESETS, [*TINY, "--eps-start", epsilon, "--eps-finish", epsilon])
+        return jax.jit(pqn.make_train(config))(jax.random.PRNGKey(0))[1]
+
+    random_actions, greedy = run("1.0"), run("0.0")
+    assert not np.array_equal(random_actions["td_loss"], greedy["td_loss"])
+
+
 @pytest.mark.parametrize("preset", list(pqn.PRESETS))
 @pytest.mark.slow
 def test_every_preset_runs(preset, tmp_path, monkeypatch):
