@@ -3,19 +3,24 @@
 Each BREAK below is a one-line change a real bug could make (a λ-return off by one step, truncation taken for
 termination, a temperature loss with the wrong sign, a resume from zeros, ...). For each one in turn, this script
 copies the repository (the files git knows, tracked or untracked-but-not-ignored) to a temporary directory,
-applies the break there, and runs the fast tests (`python -m pytest -m "not slow" -x`): first the test files the
-break names as its likely catchers, then, only if none of those failed, the whole fast suite. It prints a table
-break -> the first test that failed, and exits 1 if any break was caught by no fast test (then add a test: every
-break here must be caught by the fast suite). The real checkout is never touched.
+applies the break there, and runs the fast tests in the copy (`python -m pytest -m "not slow" -x`): first the
+test files the break names as its likely catchers, then, only if none of those failed, the whole fast suite.
+The file is restored after each break, so breaks never accumulate; the real checkout is never touched. It
+prints a table break -> what it breaks -> the first test that failed, and exits 1 if any break was caught by no
+fast test. Every break here must be caught by a fast test: where one is not, add a test (not to CI's slow set).
 
-    python scripts/mutation_check.py              # every break (one pytest run per break, seconds to minutes each)
+    python scripts/mutation_check.py              # every break
     python scripts/mutation_check.py --list       # the breaks, without running anything
     python scripts/mutation_check.py --only sac-temperature-sign pqn-lambda-off-by-one
-    python scripts/mutation_check.py --dry-run    # apply each break and check that it still compiles; no tests
+    python scripts/mutation_check.py --dry-run    # apply each break, check it compiles and is undone; no tests
     python scripts/mutation_check.py --markdown   # the table as markdown (docs/testing.md)
+    python scripts/mutation_check.py --clean-first  # first check that the unbroken fast suite passes
 
-Not part of CI: it runs the fast suite once per break. A break whose `old` text no longer occurs exactly once is
-an error (the code changed): update the break.
+How long: a break caught by its hinted files costs one run of those files (15-40 s on a 2-core CPU); a break
+they miss also costs a run of the whole fast suite (about 3 minutes), so a full table takes roughly 10-30
+minutes, longer the more breaks go uncaught. Each pytest run is cut off after --timeout-s (900 s).
+
+Not part of CI. A break whose `old` text no longer occurs exactly once is an error (the code changed): update it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,14 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclasses.dataclass(frozen=True)
 class Break:
     name: str
-    what: str
-    path: str
-    old: str
-    new: str
-    hints: tuple[str, ...]
+    description: str  # what it breaks, one line
+    path: str  # relative to the repository root
+    old: str  # exact source text, occurring once in the file
+    new: str  # what replaces it
+    hints: tuple[str, ...]  # test files expected to catch it
 
 
 BREAKS = [
+    # --- algorithms/pqn.py
     Break("pqn-lambda-off-by-one", "PQN's λ-return bootstraps from the previous step's next state",
           "algorithms/pqn.py",
           "(rewards, terminated.astype(jnp.float32), done, next_q_max), reverse=True",
@@ -55,11 +62,22 @@ BREAKS = [
           "config.reward_scale * reward, terminated, terminated | truncated,",
           "config.reward_scale * reward, terminated | truncated, terminated | truncated,",
           ("tests/test_truncation.py",)),
+    Break("pqn-never-explores", "PQN's ε-greedy takes the greedy action on both branches (ε has no effect)",
+          "algorithms/pqn.py",
+          "jax.random.uniform(key_explore, greedy.shape) < epsilon, random_action, greedy)",
+          "jax.random.uniform(key_explore, greedy.shape) < epsilon, greedy, greedy)",
+          ("tests/test_pqn.py",)),
+    Break("pqn-layer-norm-ignored", "PQN's --norm layer builds no LayerNorm (the paper's stabiliser is gone)",
+          "algorithms/pqn.py",
+          "                return nn.LayerNorm()(x)\n",
+          "                return x\n",
+          ("tests/test_pqn.py",)),
     Break("pqn-final-eval-other-key", "PQN's last evaluation runs on the update's own key, not final_eval_key(seed)",
           "algorithms/pqn.py",
           "key_eval = jnp.where(is_last, runner.final_eval_key(config.seed), key_eval)",
           "key_eval = key_eval",
           ("tests/test_pqn.py",)),
+    # --- algorithms/sac.py
     Break("sac-bootstrap-through-termination", "SAC's critic target bootstraps past a terminal state",
           "algorithms/sac.py",
           "return reward + gamma * (1.0 - terminated) * (next_q_min - alpha * next_log_prob)",
@@ -75,6 +93,12 @@ BREAKS = [
           "next_q_min = critic.apply(state.target_critic, next_obs, next_action).min(0)",
           "next_q_min = critic.apply(state.target_critic, next_obs, next_action).max(0)",
           ("tests/test_sac.py", "tests/test_truncation.py")),
+    Break("sac-polyak-arguments-swapped", "SAC's target critics move by 1 - τ per step (near copies), not by τ",
+          "algorithms/sac.py",
+          "optax.incremental_update(critic_params, state.target_critic, config.tau)",
+          "optax.incremental_update(state.target_critic, critic_params, config.tau)",
+          ("tests/test_sac.py",)),
+    # --- algorithms/qarl.py and its adversary env
     Break("qarl-force-never-reaches-env", "the adversary's force never reaches the pendulum's dynamics",
           "envs/adversary.py",
           "            u + force_torque\n",
@@ -85,6 +109,7 @@ BREAKS = [
           "best = candidates[jnp.argmin(jnp.where(feasible, gamma_kl(candidates, target_shape), jnp.inf))]",
           "best = candidates[jnp.argmin(jnp.where(feasible, -gamma_kl(candidates, target_shape), jnp.inf))]",
           ("tests/test_qarl.py",)),
+    # --- algorithms/iwocs.py
     Break("iwocs-worst-case-is-best", "IWOCS*'s grid search returns the best model instead of the worst",
           "algorithms/iwocs.py",
           "return flat[jnp.argmin(returns)], returns.min()",
@@ -95,6 +120,7 @@ BREAKS = [
           "action = jnp.where(valid.any(), actions[jnp.argmin(q)], fallback)",
           "action = jnp.where(valid.any(), actions[jnp.argmax(q)], fallback)",
           ("tests/test_iwocs.py",)),
+    # --- algorithms/stream_x.py
     Break("stream-obgd-unbounded", "ObGD ignores its overshooting bound (the step is α whatever M is)",
           "algorithms/stream_x.py",
           "step_size = jnp.where(bound > 1.0, lr / bound, lr)",
@@ -105,6 +131,12 @@ BREAKS = [
           "traces = jax.tree.map(lambda z, g: trace_decay * z + g, traces, grads)",
           "traces = jax.tree.map(lambda z, g: z + g, traces, grads)",
           ("tests/test_stream_x.py",)),
+    Break("stream-sparse-init-inverted", "sparse init zeroes 10% of each unit's inputs instead of 90%",
+          "algorithms/stream_x.py",
+          "jnp.where(rank < math.ceil(sparsity * fan_in), 0.0, weights)",
+          "jnp.where(rank < math.ceil((1 - sparsity) * fan_in), 0.0, weights)",
+          ("tests/test_stream_x.py",)),
+    # --- algorithms/sqirl.py
     Break("sqirl-k-ignored", "SQIRL acts greedily on head 1 (the random policy's Q) whatever k is",
           "algorithms/sqirl.py",
           "return network.apply(params, obs)[..., -1, :].argmax(-1)  # act with head k",
@@ -115,6 +147,7 @@ BREAKS = [
           "* next_q[:, :-1].max(-1)",
           "* next_q[:, 1:].max(-1)",
           ("tests/test_sqirl.py",)),
+    # --- envs/
     Break("envs-running-variance", "the running variance (Welford) uses the new mean twice",
           "envs/normalization.py",
           "sum_squares = self.sum_squares + (sample - self.mean) * (sample - mean)",
@@ -125,6 +158,7 @@ BREAKS = [
           "        done = jnp.logical_or(terminated, truncated)\n        episode_return = state.episode_return",
           "        done = terminated\n        episode_return = state.episode_return",
           ("tests/test_envs.py", "tests/test_stream_x.py")),
+    # --- runner.py, runlog.py
     Break("runner-resume-from-zeros", "--resume restores a carry of zeros (the run starts over mid-schedule)",
           "runner.py",
           "carry = jax.tree.unflatten(jax.tree.structure(carry_shape), leaves)",
@@ -135,6 +169,11 @@ BREAKS = [
           "metric_leaves = [by_name[\"metric\"][name] for name in metric_names]",
           "metric_leaves = [by_name[\"metric\"][name] for name in metric_names[1:] + metric_names[:1]]",
           ("tests/test_resume_sweep.py",)),
+    Break("runlog-first-metric-row-dropped", "metrics_seed<i>.csv loses the first update's row (rows off by one)",
+          "runlog.py",
+          "writer.writerows(zip(*(v[seed].tolist() for v in metrics.values())))",
+          "writer.writerows(zip(*(v[seed, 1:].tolist() for v in metrics.values())))",
+          ("tests/test_resume_sweep.py", "tests/test_runlog.py")),
     Break("runner-swept-value-never-read", "a sweep builds every value's program from the unswept config",
           "runner.py",
           "        return make_program(with_values(config, values))",
@@ -145,9 +184,22 @@ BREAKS = [
           "jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(num_seeds))",
           "jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.zeros(num_seeds, jnp.int32))",
           ("tests/test_runlog.py",)),
+    # No shard_seeds/placement break: the seed order of a sharded array is its logical order, whatever order the
+    # Mesh lists the devices in (reversing them moves shards, not seeds), so no one-line change there reorders
+    # seeds. The seed mix-up below is where a run's seeds are picked apart again (scripts/evaluate.py).
+    Break("runner-evaluate-seed-index-ignored", "scripts/evaluate.py --seed-index i rebuilds seed 0's policy",
+          "runner.py",
+          "jnp.asarray(np.asarray(x)[index])",
+          "jnp.asarray(np.asarray(x)[0])",
+          ("tests/test_evaluate.py",)),
+    Break("runner-final-eval-key-ignores-seed", "the final evaluation's episodes are the same whatever --seed",
+          "runner.py",
+          "return jax.random.fold_in(jax.random.PRNGKey(seed), FINAL_EVALUATION)",
+          "return jax.random.fold_in(jax.random.PRNGKey(0), FINAL_EVALUATION)",
+          ("tests/test_runlog.py",)),
 ]
 
-FAILED_LINE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+SUMMARY_LINE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)  # pytest's short test summary (-ra)
 
 
 def copy_repository(destination: Path) -> None:
@@ -156,92 +208,117 @@ def copy_repository(destination: Path) -> None:
                             text=True, check=True).stdout.split("\0")
     for relative in filter(None, listed):
         source = ROOT / relative
-        if source.is_file():
+        if source.is_file():  # (a file deleted but not yet staged is listed and absent)
             (destination / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / relative)
 
 
-def apply(copy: Path, item: Break) -> str:
-    """Apply the break in the copy; returns the original text (to restore)."""
-    path = copy / item.path
-    original = path.read_text()
-    if original.count(item.old) != 1:
-        raise SystemExit(f"break {item.name}: its text occurs {original.count(item.old)} times in {item.path} (once "
-                         f"expected): the code changed; update the break in scripts/mutation_check.py.")
-    path.write_text(original.replace(item.old, item.new, 1))
-    return original
+def check_current(copy: Path, item: Break) -> str:
+    """The file's text, after checking that the break's `old` text occurs in it exactly once."""
+    text = (copy / item.path).read_text()
+    if text.count(item.old) != 1:
+        raise SystemExit(f"break {item.name} is stale: its old text occurs {text.count(item.old)} times in "
+                         f"{item.path} (once expected): the code changed; update the break in {Path(__file__).name}.")
+    return text
 
 
 def run_fast_tests(copy: Path, paths: tuple[str, ...], timeout: float) -> tuple[str | None, float]:
-    """Run `pytest -m "not slow" -x` on `paths` (all tests when empty): the first failing node id, or None."""
+    """`pytest -m "not slow" -x` on `paths` (the whole fast suite when empty) in the copy: the first failing
+    node id (or a note in parentheses when pytest crashed or timed out), or None when nothing failed."""
     start = time.monotonic()
     command = [sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider", *paths]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # each run's conftest makes its own
+    # A session of its own, so that a timeout ends pytest and its xdist workers together.
+    process = subprocess.Popen(command, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
     try:
-        result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         return f"(timed out after {timeout:.0f} s)", time.monotonic() - start
-    found = FAILED_LINE.search(result.stdout)
+    found = SUMMARY_LINE.search(output)
     if found:
-        return found.group(1).split("@")[0], time.monotonic() - start
-    if result.returncode not in (0, 5):  # failed without a summary line (a crash, a collection error)
-        return f"(pytest exited {result.returncode})", time.monotonic() - start
+        return re.sub(r"@[\w.-]+$", "", found.group(1)), time.monotonic() - start  # xdist's @group suffix
+    if process.returncode not in (0, 5):  # failed without a summary line (a crash); 5: nothing collected
+        return f"(pytest exited {process.returncode})", time.monotonic() - start
     return None, time.monotonic() - start
+
+
+def check_one(copy: Path, item: Break, dry_run: bool, timeout: float) -> tuple[str, float]:
+    """Apply the break in the copy, test it (or, dry, compile it), restore the file: (result, seconds)."""
+    path = copy / item.path
+    original = check_current(copy, item)
+    broken = original.replace(item.old, item.new, 1)
+    path.write_text(broken)
+    try:
+        if dry_run:
+            compile(broken, item.path, "exec")  # a SyntaxError here is a bad break
+            return ("(compiles)" if broken != original else "(changes nothing!)"), 0.0
+        failed, seconds = run_fast_tests(copy, item.hints, timeout)
+        if failed is None:  # not caught where expected: the whole fast suite
+            failed, more = run_fast_tests(copy, (), timeout)
+            seconds += more
+        return failed or "NOT CAUGHT", seconds
+    finally:
+        path.write_text(original)
+        if path.read_text() != original:
+            raise SystemExit(f"{item.path} was not restored after {item.name}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="list the breaks and exit")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these breaks")
-    parser.add_argument("--dry-run", action="store_true", help="apply each break and compile it; run no tests")
+    parser.add_argument("--dry-run", action="store_true", help="apply each break, compile it, undo it; no tests")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--clean-first", action="store_true", help="first check that the fast suite passes unbroken")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="limit of one pytest run (seconds)")
     args = parser.parse_args()
+    names = [item.name for item in BREAKS]
+    assert len(set(names)) == len(names), "two breaks share a name"
     breaks = BREAKS
     if args.only:
-        unknown = sorted(set(args.only) - {b.name for b in BREAKS})
+        unknown = sorted(set(args.only) - set(names))
         if unknown:
             raise SystemExit(f"unknown break(s): {', '.join(unknown)}; --list shows them")
-        breaks = [b for b in BREAKS if b.name in args.only]
+        breaks = [item for item in BREAKS if item.name in args.only]
     if args.list:
         for item in breaks:
-            print(f"{item.name:42s} {item.path:24s} {item.what}")
+            print(f"{item.name:40s} {item.path:24s} {item.description}")
+            print(f"{'':40s} hints: {', '.join(item.hints)}")
         return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="mutation-check-") as scratch:
         copy = Path(scratch)
         copy_repository(copy)
+        for item in breaks:  # every break still applies, before hours of tests
+            check_current(copy, item)
         if args.clean_first and not args.dry_run:
-            failed, _ = run_fast_tests(copy, (), args.timeout_s)
+            failed, seconds = run_fast_tests(copy, (), args.timeout_s)
             if failed:
-                raise SystemExit(f"the fast suite fails without any break ({failed}): fix it first")
+                raise SystemExit(f"the fast suite fails without any break ({failed}): fix it first; a break table "
+                                 f"over a failing suite means nothing")
+            print(f"unbroken fast suite passes ({seconds:.0f} s)", file=sys.stderr, flush=True)
         for item in breaks:
-            original = apply(copy, item)
-            try:
-                if args.dry_run:
-                    compile((copy / item.path).read_text(), item.path, "exec")
-                    rows.append((item, "(compiles)", 0.0))
-                    continue
-                failed, seconds = run_fast_tests(copy, item.hints, args.timeout_s)
-                if failed is None:  # not caught where expected: the whole fast suite
-                    failed, more = run_fast_tests(copy, (), args.timeout_s)
-                    seconds += more
-                rows.append((item, failed or "NOT CAUGHT", seconds))
-                print(f"{item.name}: {failed or 'NOT CAUGHT'} ({seconds:.0f} s)", file=sys.stderr, flush=True)
-            finally:
-                (copy / item.path).write_text(original)
+            result, seconds = check_one(copy, item, args.dry_run, args.timeout_s)
+            rows.append((item, result, seconds))
+            if not args.dry_run:
+                print(f"{item.name}: {result} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     if args.markdown:
         print("| break | file | what it breaks | first fast test that fails |")
         print("|---|---|---|---|")
-        for item, failed, _ in rows:
-            print(f"| {item.name} | `{item.path}` | {item.what} | `{failed}` |")
+        for item, result, _ in rows:
+            print(f"| {item.name} | `{item.path}` | {item.description} | `{result}` |")
     else:
-        for item, failed, seconds in rows:
-            print(f"{item.name:42s} {failed}  ({seconds:.0f} s)")
-    return 1 if any(failed == "NOT CAUGHT" or failed.startswith("(") and failed != "(compiles)"
-                    for _, failed, _ in rows) else 0
+        for item, result, seconds in rows:
+            print(f"{item.name:40s} | {item.description:80s} | {result}" + ("" if args.dry_run else f" ({seconds:.0f} s)"))
+    ok = "(compiles)" if args.dry_run else None
+    bad = [item.name for item, result, _ in rows if result == "NOT CAUGHT" or result.startswith("(") and result != ok]
+    if bad:
+        print(f"{len(bad)} of {len(rows)} not cleanly caught: {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

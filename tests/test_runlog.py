@@ -42,6 +42,15 @@ def test_seed_keys_do_not_depend_on_the_number_of_seeds():
 
 
 @pytest.mark.slow
+def test_final_evaluation_key_follows_the_seed_and_is_not_a_training_key():
+    """--seed picks the final evaluation's episodes (another seed, other episodes; the same seed, the same ones), and
+    they are not the episodes of any of the run's training keys."""
+    keys = [np.asarray(jax.random.key_data(runner.final_eval_key(seed))).tolist() for seed in (0, 1, 0)]
+    assert keys[0] == keys[2] and keys[0] != keys[1]
+    training = np.asarray(jax.random.key_data(runner.seed_keys(0, 4))).tolist()
+    assert keys[0] not in training
+
+
 def test_one_seed_unbatched_matches_the_batched_run():
     config = runner.parse_config(pqn.Config, pqn.PRESETS, ["--total-timesteps", "4096", "--num-evals", "1"])
     train = pqn.make_train(config)
