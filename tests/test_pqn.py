@@ -334,13 +334,12 @@ def test_same_seed_same_result():
 
 
 def test_epsilon_reaches_the_actions():
-    """ε = 1 (every action uniformly random) and ε = 0 (every action greedy) act differently from the same key: the
-    training episodes and the TD losses differ. An ε-greedy that ignored ε would give the same run twice."""
-    def run(epsilon):
-        config = runner.parse_config(pqn.Config, pqn.PRESETS, [*TINY, "--eps-start", epsilon, "--eps-finish", epsilon])
-        return jax.jit(pqn.make_train(config))(jax.random.PRNGKey(0))[1]
-
-    random_actions, greedy = run("1.0"), run("0.0")
+    """After the first update's ε = 1, ε = eps_finish: 1 (every action uniformly random) and 0 (every action greedy)
+    act differently from the same key, so the second update's TD losses differ. An ε-greedy that ignored ε would
+    give the same run twice. (eps_finish is traced, as --sweep runs it: one program for both.)"""
+    config = runner.parse_config(pqn.Config, pqn.PRESETS, [*TINY, "--eps-decay", "0.5"])
+    train = jax.jit(lambda key, eps_finish: runner.program_with(pqn.make_train, config, {"eps_finish": eps_finish})(key))
+    random_actions, greedy = (train(jax.random.PRNGKey(0), jnp.float32(eps))[1] for eps in (1.0, 0.0))
     assert not np.array_equal(random_actions["td_loss"], greedy["td_loss"])
 
 

@@ -250,11 +250,9 @@ def test_target_critics_move_by_tau_toward_the_critics():
     """Polyak averaging, target <- τ critic + (1 - τ) target, at its two ends: τ = 1 makes the targets the trained
     critics exactly, τ = 0 keeps them where they started (the critics trained away from them). Swapped arguments
     (the targets moving by 1 - τ) fail both."""
-    def state(tau):
-        config = runner.parse_config(sac.Config, sac.PRESETS, TINY + ["--tau", tau])
-        return jax.jit(sac.make_train(config))(jax.random.PRNGKey(0))[0]
-
-    copied, frozen = state("1.0"), state("0.0")
+    config = runner.parse_config(sac.Config, sac.PRESETS, TINY)
+    train = jax.jit(lambda key, tau: runner.program_with(sac.make_train, config, {"tau": tau})(key))  # τ traced
+    copied, frozen = (train(jax.random.PRNGKey(0), jnp.float32(tau))[0] for tau in (1.0, 0.0))
     jax.tree.map(np.testing.assert_array_equal, copied.target_critic, copied.critic)
     assert not np.array_equal(frozen.target_critic["params"]["Dense_0"]["kernel"],
                               frozen.critic["params"]["Dense_0"]["kernel"])
