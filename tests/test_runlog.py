@@ -41,7 +41,6 @@ def test_seed_keys_do_not_depend_on_the_number_of_seeds():
     assert len({tuple(np.asarray(k)) for k in keys}) == 8
 
 
-@pytest.mark.slow
 def test_final_evaluation_key_follows_the_seed_and_is_not_a_training_key():
     """--seed picks the final evaluation's episodes (another seed, other episodes; the same seed, the same ones), and
     they are not the episodes of any of the run's training keys."""
@@ -51,6 +50,7 @@ def test_final_evaluation_key_follows_the_seed_and_is_not_a_training_key():
     assert keys[0] not in training
 
 
+@pytest.mark.slow
 def test_one_seed_unbatched_matches_the_batched_run():
     config = runner.parse_config(pqn.Config, pqn.PRESETS, ["--total-timesteps", "4096", "--num-evals", "1"])
     train = pqn.make_train(config)
