@@ -2,8 +2,11 @@
 processes that each preallocated 75% of its memory would not fit, so JAX allocates on demand here."""
 
 import atexit
+import functools
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -26,6 +29,21 @@ def _share_compiled_programs():
 
 
 _share_compiled_programs()
+
+# Most of the suite's time is XLA compiling small programs that then run for a fraction of a second (a tiny run
+# of every file: 110 s of compiling, 1 s of running). XLA's CPU backend at optimisation level 0 compiles them in
+# about half the time and runs them about 2-3x slower. The operations are the same, but their rounding may not be
+# (the optimiser fuses and reorders some float arithmetic), so a run can end elsewhere than under XLA's defaults:
+# every equality in the suite compares programs built under the same flags, and the few that compare two
+# different programs (sharding, evaluate.py) have tolerances for rounding. The learning checks run long enough
+# for optimised code to pay, and their bars were measured with it: they are marked `learning` and run in a
+# process of their own with the flags the suite started with (`_run_in_an_optimised_process`), as a user's run.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+_USERS_XLA_FLAGS = os.environ.get("TESTS_USERS_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+os.environ["TESTS_USERS_XLA_FLAGS"] = _USERS_XLA_FLAGS  # (set once, by the first process: workers inherit it)
+if not os.environ.get("TESTS_OPTIMISED") and FAST_COMPILE not in _USERS_XLA_FLAGS:
+    os.environ["XLA_FLAGS"] = f"{_USERS_XLA_FLAGS} {FAST_COMPILE}".strip()
+
 
 
 def _pin_worker_to_its_core():
@@ -54,8 +72,25 @@ HEAVY_MODULES = ("test_reproduce", "test_resume_sweep", "test_iwocs", "test_qarl
                  "test_gpu_check")
 
 
+def _run_in_an_optimised_process(item) -> None:
+    """Runs a `learning` test in a fresh pytest process with the XLA flags the suite started with (optimised code),
+    and fails with that process's report if the test fails there. The test's own fixtures are built there."""
+    env = dict(os.environ, TESTS_OPTIMISED="1", XLA_FLAGS=_USERS_XLA_FLAGS)
+    nodeid = item.nodeid.split("@")[0]  # (without an xdist group suffix)
+    result = subprocess.run([sys.executable, "-m", "pytest", nodeid, "-n", "0", "-p", "no:cacheprovider", "-q",
+                             "--no-header", "-o", "addopts="],
+                            cwd=item.config.rootpath, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"in an optimised process (XLA_FLAGS={_USERS_XLA_FLAGS!r}):\n{result.stdout[-6000:]}"
+                    f"{result.stderr[-2000:]}", pytrace=False)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items):
+    if not os.environ.get("TESTS_OPTIMISED"):
+        for item in items:
+            if item.get_closest_marker("learning"):
+                item.runtest = functools.partial(_run_in_an_optimised_process, item)
     def rank(item):
         if item.get_closest_marker("slow"):
             return -1

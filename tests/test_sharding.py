@@ -83,8 +83,13 @@ print("RESULT" + json.dumps(out))
 TOLERANCE = dict(rtol=1e-2, atol=1e-3)
 
 
+def devices_flag(device_count: int) -> str:
+    """XLA_FLAGS for `device_count` CPU devices, beside the session's own flags (tests/conftest.py)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={device_count}".strip()
+
+
 def cpu_env(device_count: int) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}")
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=devices_flag(device_count))
 
 
 def start_all(device_count: int) -> subprocess.Popen:
@@ -161,7 +166,7 @@ def test_two_hosts_write_what_one_process_on_four_devices_writes(results, tmp_pa
             hosts.append(subprocess.Popen(
                 [sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in CHECKED}), str(tmp_path / f"host{host}")],
                 cwd=tmp_path / f"cwd{host}", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**clean, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                env={**clean, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices_flag(2),
                      "PYTHONPATH": str(ROOT), "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
                      "JAX_PROCESS_ID": str(host)}))
         host0, host1 = (finish(process, HOSTS_TIMEOUT_S) for process in hosts)
