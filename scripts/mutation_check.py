@@ -191,7 +191,7 @@ BREAKS = [
           "runner.py",
           "jnp.asarray(np.asarray(x)[index])",
           "jnp.asarray(np.asarray(x)[0])",
-          ("tests/test_evaluate.py",)),
+          ("tests/test_runlog.py",)),
     Break("runner-final-eval-key-ignores-seed", "the final evaluation's episodes are the same whatever --seed",
           "runner.py",
           "return jax.random.fold_in(jax.random.PRNGKey(seed), FINAL_EVALUATION)",

@@ -41,6 +41,16 @@ def test_seed_keys_do_not_depend_on_the_number_of_seeds():
     assert len({tuple(np.asarray(k)) for k in keys}) == 8
 
 
+def test_checkpoint_of_seed_takes_that_seeds_slice_of_every_array():
+    """scripts/evaluate.py --seed-index i rebuilds seed i's policy from a checkpoint whose arrays all lead with the
+    seed axis (as finish_run saves them): every leaf, nested or not, gives its row i."""
+    checkpoint = {"params": {"w": np.arange(24.0).reshape(3, 2, 4), "b": np.arange(3.0)}, "step": np.array([5, 6, 7])}
+    for index in range(3):
+        seed = runner.checkpoint_of_seed(checkpoint, index)
+        np.testing.assert_array_equal(seed["params"]["w"], checkpoint["params"]["w"][index])
+        assert float(seed["params"]["b"]) == index and int(seed["step"]) == 5 + index
+
+
 def test_final_evaluation_key_follows_the_seed_and_is_not_a_training_key():
     """--seed picks the final evaluation's episodes (another seed, other episodes; the same seed, the same ones), and
     they are not the episodes of any of the run's training keys."""
