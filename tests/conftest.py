@@ -36,7 +36,7 @@ _share_compiled_programs()
 # (the optimiser fuses and reorders some float arithmetic), so a run can end elsewhere than under XLA's defaults:
 # every equality in the suite compares programs built under the same flags, and the few that compare two
 # different programs (sharding, evaluate.py) have tolerances for rounding. The learning checks run long enough
-# for optimised code to pay, and their bars were measured with it: they are marked `learning` and run in a
+# for optimised code to pay, and their bars were measured with it: they are marked `optimised` and run in a
 # process of their own with the flags the suite started with (`_run_in_an_optimised_process`), as a user's run.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 _USERS_XLA_FLAGS = os.environ.get("TESTS_USERS_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
@@ -73,7 +73,7 @@ HEAVY_MODULES = ("test_reproduce", "test_resume_sweep", "test_iwocs", "test_qarl
 
 
 def _run_in_an_optimised_process(item) -> None:
-    """Runs a `learning` test in a fresh pytest process with the XLA flags the suite started with (optimised code),
+    """Runs an `optimised` test in a fresh pytest process with the XLA flags the suite started with (optimised code),
     and fails with that process's report if the test fails there. The test's own fixtures are built there."""
     env = dict(os.environ, TESTS_OPTIMISED="1", XLA_FLAGS=_USERS_XLA_FLAGS)
     nodeid = item.nodeid.split("@")[0]  # (without an xdist group suffix)
@@ -89,7 +89,7 @@ def _run_in_an_optimised_process(item) -> None:
 def pytest_collection_modifyitems(items):
     if not os.environ.get("TESTS_OPTIMISED"):
         for item in items:
-            if item.get_closest_marker("learning"):
+            if item.get_closest_marker("optimised"):
                 item.runtest = functools.partial(_run_in_an_optimised_process, item)
     def rank(item):
         if item.get_closest_marker("slow"):

@@ -276,6 +276,7 @@ def test_stream_ac_trains_on_a_dmc_id_and_resumes_where_a_whole_run_ends(tmp_pat
     assert resumed["final_return"] == whole["final_return"]
 
 
+@pytest.mark.optimised
 def test_sac_trains_on_a_dmc_id(tmp_path):
     """SAC's dmc-cheetah preset (Playground's tuned config) at tiny sizes on the fast-compiling cartpole."""
     from algorithms import sac

@@ -408,7 +408,7 @@ LEARNING = ["--num-seeds", "3", "--total-timesteps", "24000", "--updates-per-env
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_iwocs_worst_case_beats_nominal_and_matches_dr_on_pendulum(tmp_path):
     """24k env steps per seed, 3 seeds, 10x10 grid, without the DR and nominal SAC baselines: at this budget every
     method's worst case sat at the grid's floor (IWOCS -1099.9, DR SAC -1099.8, nominal SAC -1099.3 on

@@ -112,7 +112,7 @@ def test_bad_minigrid_id_gives_one_line_with_suggestions():
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_sqirl_solves_the_smallest_mdp(tmp_path):
     """SQIRL with k = 1 (BRIDGE: Empty-5x5 is 1-QVI-solvable) reaches the optimal return 1 within 40k env
     steps; a random policy's return is 0.76 and a do-nothing policy's (turning on the spot) 0."""

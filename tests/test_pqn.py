@@ -416,7 +416,7 @@ def test_nan_loss_is_reported_and_outputs_are_kept(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_cartpole_learns(tmp_path):
     """The authors' CartPole settings, 2 seeds, 5e5 steps each: mean final greedy return >= 475 (a random policy
     averages about 22). Measured on the 2-core CPU on 2026-12-07: 500, 500."""

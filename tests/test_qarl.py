@@ -313,7 +313,7 @@ def do_nothing_return(num_episodes=64):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_qarl_learns_the_pendulum_and_is_about_as_robust_as_sac(tmp_path):
     """The pendulum preset at 3e4 protagonist steps (30 of its 50 iterations; the curriculum's schedule follows
     the iteration count), QARL against plain SAC with the same protagonist steps and updates, 2 seeds. Floors: both beat the do-nothing policy

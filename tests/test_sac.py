@@ -273,7 +273,7 @@ def test_updates_per_step_must_give_whole_updates():
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_pendulum_learns(tmp_path):
     """Pendulum-v1, 3 seeds, 10k env steps each, hidden layers of 64 units (the preset's 256 learn the same here
     at 16x the arithmetic): median final return >= -250 (random policy: about -1200). Measured on the 2-core CPU
@@ -285,7 +285,7 @@ def test_pendulum_learns(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_brax_inverted_pendulum_learns(tmp_path):
     """brax inverted_pendulum within 40k env steps (the preset's 50k less a fifth) with hidden layers of 128 units
     (the preset's 256 cost twice the time), for the suite's time: final return >= 900 (the maximum is 1000).

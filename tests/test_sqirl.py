@@ -92,7 +92,7 @@ def lock_run(tmp_path, env_id, num_heads, num_seeds=4):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env_id,num_heads", [("CombinationLock-H4", 4), ("CombinationLock-H3", 5)])
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_k_at_least_the_effective_horizon_opens_the_lock(tmp_path, env_id, num_heads):
     env, params = envs.make(env_id)
     summary = lock_run(tmp_path, env_id, num_heads)
@@ -112,7 +112,7 @@ def test_k_below_the_effective_horizon_walks_away(tmp_path, env_id, num_heads):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_k_one_below_the_lock_fails_where_k_equal_opens(tmp_path):
     """The hardest failing case, k = n - 1, against k = n on the same lock and seeds. With k = n - 1 the
     first digit's Q_k is -step_cost against 0 for walking away: a margin of 0.1, not of the goal."""
@@ -344,7 +344,7 @@ def test_nan_loss_is_reported_and_outputs_are_kept(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_cartpole_learns(tmp_path):
     """cartpole preset (CartPole-v1 capped at 200 steps, k = 2), 2 seeds: every final greedy return >= 180."""
     summary = sqirl.main(["--preset", "cartpole", "--num-seeds", "2", "--quiet", "--run-dir", str(tmp_path / "cp")])

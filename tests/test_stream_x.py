@@ -335,7 +335,7 @@ def run_final(flags):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_stream_q_learns_cartpole_within_100k_steps():
     # The claim: the mean return of 4 seeds reaches 400 within 1e5 steps. Also asserted: the final
     # return (last 10% of the run) averaged over 8 seeds is >= 350. With the time limit terminal (the time
@@ -348,7 +348,7 @@ def test_stream_q_learns_cartpole_within_100k_steps():
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_stream_ac_learns_pendulum_within_200k_steps():
     # A random policy gets about -1200. With the time limit terminal (the time feature's rule) 12 seeds measured
     # after 2e5 steps: 9 between -380 and -190, 3 still learning at -800 to -950 (seeds 0-3: -806, -235, -833,
@@ -358,7 +358,7 @@ def test_stream_ac_learns_pendulum_within_200k_steps():
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.optimised
 def test_stream_td_rms_error_falls_on_the_random_walk():
     _, metrics = run_final(["--preset", "td", "--num-seeds", "4"])
     rms = np.asarray(metrics["rms_error"])
