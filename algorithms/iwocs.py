@@ -1,6 +1,6 @@
 """IWOCS: robust policies by incremental worst-case search over static dynamics models.
 
-Zouitine, Bertoin, Clavier, Geist, Rachelson, "Solving robust MDPs as a sequence of static RL problems"
+Zouitine, Geist, Rachelson, "Solving robust MDPs as a sequence of static RL problems"
 (2024). A robust MDP with a static model chosen adversarially from an uncertainty set is solved as a
 sequence of ordinary MDPs. Start from a domain-randomization (DR) SAC policy. Then repeat: search the
 uncertainty set for the model T_{i+1} = argmin_T V^{π_i}_T(s0) where the current robust policy π_i does
