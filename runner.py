@@ -57,7 +57,7 @@ def init_distributed() -> None:
     host and `seed_keys` shards the seeds over all of them.
 
     It must run before anything touches the devices, and importing gymnax does (it computes arrays at
-    import): this module calls it when imported, so an algorithm file imports runlog before envs."""
+    import): this module calls it when imported, so an algorithm file imports runner before envs."""
     launched = any(name in os.environ for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
                                                    "TPU_WORKER_HOSTNAMES"))
     multi_task = int(os.environ.get("SLURM_NTASKS", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1
@@ -72,14 +72,11 @@ def init_distributed() -> None:
         if "must be called before" not in str(error):
             raise
         raise SystemExit("A multi-host launch (jax.distributed) must start before JAX touches the devices, and "
-                         "something did (importing gymnax does): in the algorithm file, put `import runlog` above "
+                         "something did (importing gymnax does): in the algorithm file, put `import runner` above "
                          "`import envs`.") from error
 
 
 init_distributed()  # at import, before an algorithm file imports envs (and with it gymnax)
-
-
-init_distributed()
 
 from envs.errors import ConfigError  # noqa: E402  (after the start-up above: importing envs imports gymnax)
 
