@@ -45,7 +45,6 @@ if not os.environ.get("TESTS_OPTIMISED") and FAST_COMPILE not in _USERS_XLA_FLAG
     os.environ["XLA_FLAGS"] = f"{_USERS_XLA_FLAGS} {FAST_COMPILE}".strip()
 
 
-
 def _pin_worker_to_its_core():
     """With as many xdist workers as usable cores, worker i runs on core i (and so do the processes it starts):
     XLA then sizes its thread pool to one core instead of every worker spreading threads over all of them, which
@@ -91,6 +90,7 @@ def pytest_collection_modifyitems(items):
         for item in items:
             if item.get_closest_marker("optimised"):
                 item.runtest = functools.partial(_run_in_an_optimised_process, item)
+
     def rank(item):
         if item.get_closest_marker("slow"):
             return -1
