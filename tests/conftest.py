@@ -3,11 +3,13 @@ processes that each preallocated 75% of its memory would not fit, so JAX allocat
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -37,7 +39,7 @@ _share_compiled_programs()
 # every equality in the suite compares programs built under the same flags, and the few that compare two
 # different programs (sharding, evaluate.py) have tolerances for rounding. The learning checks run long enough
 # for optimised code to pay, and their bars were measured with it: they are marked `optimised` and run in a
-# process of their own with the flags the suite started with (`_run_in_an_optimised_process`), as a user's run.
+# process of their own with the flags the suite started with (`_OptimisedProcess`), as a user's run.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 _USERS_XLA_FLAGS = os.environ.get("TESTS_USERS_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 os.environ["TESTS_USERS_XLA_FLAGS"] = _USERS_XLA_FLAGS  # (set once, by the first process: workers inherit it)
@@ -71,17 +73,85 @@ HEAVY_MODULES = ("test_reproduce", "test_resume_sweep", "test_iwocs", "test_qarl
                  "test_gpu_check")
 
 
-def _run_in_an_optimised_process(item) -> None:
-    """Runs an `optimised` test in a fresh pytest process with the XLA flags the suite started with (optimised code),
-    and fails with that process's report if the test fails there. The test's own fixtures are built there."""
-    env = dict(os.environ, TESTS_OPTIMISED="1", XLA_FLAGS=_USERS_XLA_FLAGS)
-    nodeid = item.nodeid.split("@")[0]  # (without an xdist group suffix)
-    result = subprocess.run([sys.executable, "-m", "pytest", nodeid, "-n", "0", "-p", "no:cacheprovider", "-q",
-                             "--no-header", "-o", "addopts="],
-                            cwd=item.config.rootpath, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(f"in an optimised process (XLA_FLAGS={_USERS_XLA_FLAGS!r}):\n{result.stdout[-6000:]}"
-                    f"{result.stderr[-2000:]}", pytrace=False)
+class _OptimisedProcess:
+    """One fresh pytest process, with the XLA flags the suite started with (optimised code), that runs every
+    `optimised` test of the session in the order this process runs them (they form one xdist group, so they all
+    come to the worker holding it): one Python start, JAX import and collection for all of them instead of one
+    each. Started by the first of them; each test then waits for its own report, which the process appends to a
+    file as a JSON line (`pytest_runtest_logreport` below), so every test's duration is its own."""
+
+    def __init__(self, items):
+        self.nodeids = [item.nodeid.split("@")[0] for item in items]  # (without an xdist group suffix)
+        directory = tempfile.mkdtemp(prefix="optimised-tests-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        self.reports, self.output = os.path.join(directory, "reports.jsonl"), os.path.join(directory, "output.txt")
+        env = dict(os.environ, TESTS_OPTIMISED="1", TESTS_OPTIMISED_REPORTS=self.reports, XLA_FLAGS=_USERS_XLA_FLAGS)
+        with open(self.output, "w") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pytest", *self.nodeids, "-n", "0", "-p", "no:cacheprovider", "-q",
+                 "--no-header", "-o", "addopts="], cwd=items[0].config.rootpath, env=env,
+                stdout=output, stderr=subprocess.STDOUT)
+        atexit.register(self.process.kill)
+        self.seen: dict[str, list[dict]] = {}
+        self.offset = 0
+
+    def _read(self) -> None:
+        if not os.path.exists(self.reports):
+            return
+        with open(self.reports) as f:
+            f.seek(self.offset)
+            for line in f:
+                if not line.endswith("\n"):  # written in part: read again next time
+                    break
+                self.offset += len(line)
+                report = json.loads(line)
+                self.seen.setdefault(report["nodeid"], []).append(report)
+
+    def result(self, nodeid: str) -> list[dict]:
+        """The test's reports (setup, call, teardown) once its last one is written, or the process has ended."""
+        while True:
+            self._read()
+            reports = self.seen.get(nodeid, [])
+            if any(r["when"] == "teardown" for r in reports):
+                return reports
+            if self.process.poll() is not None:
+                self._read()
+                return self.seen.get(nodeid, [])
+            time.sleep(0.2)
+
+    def tail(self) -> str:
+        with open(self.output) as f:
+            return f.read()[-6000:]
+
+
+_optimised_process: list[_OptimisedProcess] = []
+
+
+def _run_in_the_optimised_process(item) -> None:
+    """An `optimised` test's outcome in the optimised process: it fails here with that process's report if it
+    failed there, is skipped if it was skipped there, and fails if that process never reported it."""
+    if not _optimised_process:
+        _optimised_process.append(_OptimisedProcess([i for i in item.session.items if i.get_closest_marker("optimised")]))
+    process = _optimised_process[0]
+    reports = process.result(item.nodeid.split("@")[0])
+    where = f"in the optimised process (XLA_FLAGS={_USERS_XLA_FLAGS!r})"
+    if not reports:
+        pytest.fail(f"{where}: no report for this test; its output:\n{process.tail()}", pytrace=False)
+    for report in reports:
+        if report["outcome"] == "failed":
+            pytest.fail(f"{where}, {report['when']}:\n{report['longrepr'][-6000:]}", pytrace=False)
+        if report["outcome"] == "skipped":
+            pytest.skip(f"{where}: {report['longrepr'][-500:]}")
+
+
+def pytest_runtest_logreport(report):
+    """Inside the optimised process: each test's reports, one JSON line each, for the suite's process to read."""
+    path = os.environ.get("TESTS_OPTIMISED_REPORTS")
+    if path:
+        line = json.dumps({"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+                           "longrepr": "" if report.passed else str(report.longrepr)})
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
@@ -89,16 +159,20 @@ def pytest_collection_modifyitems(items):
     if not os.environ.get("TESTS_OPTIMISED"):
         for item in items:
             if item.get_closest_marker("optimised"):
-                item.runtest = functools.partial(_run_in_an_optimised_process, item)
+                item.runtest = functools.partial(_run_in_the_optimised_process, item)
 
     def rank(item):
+        if item.get_closest_marker("optimised"):
+            return -2
         if item.get_closest_marker("slow"):
             return -1
         module = item.module.__name__.rpartition(".")[2]
         return HEAVY_MODULES.index(module) if module in HEAVY_MODULES else len(HEAVY_MODULES)
 
     for item in items:
-        if not item.get_closest_marker("slow") or shares_a_module_fixture(item):
+        if item.get_closest_marker("optimised"):  # one unit: they run in one process (_OptimisedProcess)
+            item.add_marker(pytest.mark.xdist_group("optimised"))
+        elif not item.get_closest_marker("slow") or shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=rank)  # stable: a module's tests keep their order
 
