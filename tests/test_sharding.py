@@ -1,11 +1,13 @@
-"""Seeds sharded over several devices give the same results as on one device.
+"""Seeds sharded over several devices, and over several hosts, give the same results as on one device.
 
-Runs each algorithm's `main` at a tiny size with 4 seeds twice, in fresh processes pinned to the CPU
-(JAX_PLATFORMS=cpu, so the test means the same on a GPU machine): once on one CPU device, once with
-XLA_FLAGS=--xla_force_host_platform_device_count=4 (the keys, hence the seeds, split over 4 devices). The
-metrics CSVs of every seed and the summaries are compared, and the state each run trained (what
-runner.run_program returned) is asserted to lie on 1 and on 4 devices: a run
-that never sharded fails. The 1-device and 4-device processes run side by side.
+Runs each algorithm's `main` at a tiny size with 4 seeds in fresh processes pinned to the CPU (JAX_PLATFORMS=cpu,
+so the test means the same on a GPU machine), side by side: once in one process on one CPU device, and once as
+two "hosts" joined by `jax.distributed` with 2 CPU devices each (XLA_FLAGS=--xla_force_host_platform_device_count=2:
+the keys, hence the seeds, split over 4 devices of 2 processes). The metrics CSVs of every seed, the summaries and
+the checkpoints are compared, and the state each run trained (what runner.run_program returned) is asserted to
+lie on 1 and on 4 devices: a run that never sharded fails. A single process with 4 devices runs the same 1-seed
+partition on each device as the two hosts do (only the gather to host 0 differs, and with one process it is
+the identity), so it is not run again here; PQN's sharded resume and sweep below run in one process on 4 devices.
 
 The two are different float programs: XLA partitions the 4-seed program into one 1-seed program per device,
 and a batch of 4 and a batch of 1 may be vectorized differently (AVX2 vs AVX-512 differ again), so the runs
@@ -25,22 +27,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+
+import runlog
 
 from tests.test_cli import ALGORITHMS, ROOT, TINY
 
 RUN_ALL = """
-import csv, hashlib, json, sys, tempfile
+import csv, json, sys
 from importlib import import_module
 from pathlib import Path
 import jax
 import numpy as np
 import runner
-import runlog
 
-tiny = json.loads(sys.argv[1])
-root = sys.argv[2] if len(sys.argv) > 2 else None  # where the runs go (default: a scratch directory, removed)
+tiny, root = json.loads(sys.argv[1]), Path(sys.argv[2])  # the runs go to root/<name>
 devices = []  # over how many devices the state a run trained lies
 
 
@@ -55,16 +58,13 @@ out = {}
 for name, flags in tiny.items():
     module = import_module(f"algorithms.{name}")
     devices.clear()
-    with tempfile.TemporaryDirectory() as scratch:
-        run_dir = Path(root or scratch) / name
-        summary = module.main([*flags, "--num-seeds", "4", "--run-dir", str(run_dir)])  # not --quiet: progress.csv
-        if jax.process_index() != 0:  # another host than host 0 writes nothing
-            out[name] = {"devices": sorted(set(devices)), "wrote": run_dir.exists()}
-            continue
-        rows = [list(csv.DictReader(open(run_dir / f"metrics_seed{i}.csv"))) for i in range(4)]
-        checkpoint = [hashlib.sha256(np.ascontiguousarray(leaf).tobytes()).hexdigest()
-                      for leaf in jax.tree.leaves(runlog.load_checkpoint(run_dir / "checkpoint.msgpack"))]
-        progress = list(csv.DictReader(open(run_dir / "progress.csv")))
+    run_dir = root / name
+    summary = module.main([*flags, "--num-seeds", "4", "--run-dir", str(run_dir)])  # not --quiet: progress.csv
+    if jax.process_index() != 0:  # another host than host 0 writes nothing
+        out[name] = {"devices": sorted(set(devices)), "wrote": run_dir.exists()}
+        continue
+    rows = [list(csv.DictReader(open(run_dir / f"metrics_seed{i}.csv"))) for i in range(4)]
+    progress = list(csv.DictReader(open(run_dir / "progress.csv")))
     metrics = {key: [[float(row[key]) for row in seed] for seed in rows] for key in rows[0][0]}
     for key, value in summary.items():  # the summary's numbers (not its names, timings or memory)
         try:
@@ -74,8 +74,7 @@ for name, flags in tiny.items():
         if numbers.size and "second" not in key and "memory" not in key:
             metrics[key] = numbers.tolist()
     out[name] = {"devices": sorted(set(devices)), "metrics": json.loads(json.dumps(metrics, default=float)),
-                 "checkpoint": checkpoint, "progress": {key: [float(row[key]) for row in progress]
-                                                        for key in progress[0] if key != "seconds"}}
+                 "progress": {key: [float(row[key]) for row in progress] for key in progress[0] if key != "seconds"}}
 print("RESULT" + json.dumps(out))
 """
 
@@ -92,47 +91,18 @@ def cpu_env(device_count: int) -> dict:
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=devices_flag(device_count))
 
 
-def start_all(device_count: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in CHECKED})], cwd=ROOT,
-                            env=cpu_env(device_count), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+CHECKED = ALGORITHMS
+
+
+def start_all(root: Path, cwd: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in CHECKED}), str(root)],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process: subprocess.Popen, timeout: float | None = None) -> dict:
     stdout, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, stderr[-3000:]
     return json.loads(stdout.split("RESULT", 1)[1])
-
-
-CHECKED = ALGORITHMS
-
-
-@pytest.fixture(scope="module")
-def results():
-    one, four = start_all(1), start_all(4)
-    try:
-        return finish(one), finish(four)
-    finally:
-        for process in (one, four):
-            process.kill()
-
-
-@pytest.mark.parametrize("name", CHECKED)
-@pytest.mark.slow
-def test_sharded_seeds_match_one_device(results, name):
-    one, four = results[0][name], results[1][name]
-    assert one["devices"] == [1] and four["devices"] == [4]  # what main trained really lives on 4 devices
-    for key, values in one["metrics"].items():
-        np.testing.assert_allclose(np.asarray(four["metrics"][key], float), np.asarray(values, float),
-                                   equal_nan=True, err_msg=f"{name}: {key}", **TOLERANCE)
-    # The tolerance could not hide a mix-up: seeds 0 and 1 differ by far more than it allows.
-    margins = []
-    for values in one["metrics"].values():
-        values = np.asarray(values, float)
-        if values.ndim and values.shape[0] == 4:
-            with np.errstate(invalid="ignore"):
-                gap = np.abs(values[0] - values[1]) / (TOLERANCE["atol"] + TOLERANCE["rtol"] * np.abs(values[1]))
-            margins.append(np.nanmax(gap, initial=0.0))
-    assert max(margins, default=0.0) > 10, f"{name}: seeds 0 and 1 are too close to tell apart at this tolerance"
 
 
 def free_port() -> int:
@@ -145,51 +115,91 @@ def free_port() -> int:
 HOSTS_TIMEOUT_S = 1800
 
 
-@pytest.mark.slow
-def test_two_hosts_write_what_one_process_on_four_devices_writes(results, tmp_path):
+def start_two_hosts(tmp: Path) -> list[subprocess.Popen]:
     """Multi-host training for real on one machine: 2 processes joined by `jax.distributed`, each a "host" with 2
     CPU devices (gloo collectives, the coordinator on 127.0.0.1), started with the environment a launcher sets
     (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; `runner` passes them to jax.distributed.initialize
-    on import, before gymnax touches the devices). Both run every file's `main` with the 4 seeds of `results`.
-
-    The reference is `results`' process with 4 devices. Both place one seed on each of 4 devices, so each device
-    runs the same 1-seed partition of the same program, and across hosts only outputs move (gathered to host 0):
-    host 0's metrics, summary numbers and checkpoint must equal it bit for bit (tolerance 0). progress.csv holds
-    float64 means of the seeds' float32 values in whatever order their callbacks arrive: 1e-12 relative. Host 1
-    writes nothing, neither its run directories nor anything in its working directory."""
+    on import, before gymnax touches the devices), each in a working directory of its own, with no launcher
+    variables of this shell (the session's compilation cache stays)."""
     address = f"127.0.0.1:{free_port()}"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("JAX_", "SLURM_", "OMPI_")) or k == "JAX_COMPILATION_CACHE_DIR"}
     hosts = []
+    for host in (0, 1):
+        (tmp / f"cwd{host}").mkdir(exist_ok=True)
+        hosts.append(start_all(tmp / f"host{host}", tmp / f"cwd{host}", {
+            **clean, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices_flag(2), "PYTHONPATH": str(ROOT),
+            "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(host)}))
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """(one device, host 0, host 1, their directory): the 1-device process and the two hosts run side by side. The
+    port the coordinator gets was free a moment before it binds it; should another process take it meanwhile,
+    the hosts start again on another (at most 3 tries)."""
+    tmp = tmp_path_factory.mktemp("sharding")
+    processes = [start_all(tmp / "one", ROOT, cpu_env(1))]
     try:
-        for host in (0, 1):
-            (tmp_path / f"cwd{host}").mkdir()
-            hosts.append(subprocess.Popen(
-                [sys.executable, "-c", RUN_ALL, json.dumps({n: TINY[n] for n in CHECKED}), str(tmp_path / f"host{host}")],
-                cwd=tmp_path / f"cwd{host}", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**clean, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices_flag(2),
-                     "PYTHONPATH": str(ROOT), "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
-                     "JAX_PROCESS_ID": str(host)}))
-        host0, host1 = (finish(process, HOSTS_TIMEOUT_S) for process in hosts)
+        for attempt in range(3):
+            hosts = start_two_hosts(tmp)
+            processes += hosts
+            outputs = [host.communicate(timeout=HOSTS_TIMEOUT_S) for host in hosts]
+            in_use = any(host.returncode != 0 and "in use" in err.lower() for host, (_, err) in zip(hosts, outputs))
+            if not in_use or attempt == 2:
+                break
+        for host, (_, stderr) in zip(hosts, outputs):
+            assert host.returncode == 0, stderr[-3000:]
+        host0, host1 = (json.loads(stdout.split("RESULT", 1)[1]) for stdout, _ in outputs)
+        return finish(processes[0]), host0, host1, tmp
     finally:
-        for process in hosts:
+        for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    single = results[1]
+
+
+@pytest.mark.parametrize("name", CHECKED)
+@pytest.mark.slow
+def test_sharded_seeds_match_one_device(results, name):
+    one, four, _, tmp = results
+    one, four = one[name], four[name]
+    assert one["devices"] == [1] and four["devices"] == [4]  # what main trained really lives on 4 devices
+    assert one["metrics"].keys() == four["metrics"].keys(), name
+    for key, values in one["metrics"].items():
+        np.testing.assert_allclose(np.asarray(four["metrics"][key], float), np.asarray(values, float),
+                                   equal_nan=True, err_msg=f"{name}: {key}", **TOLERANCE)
+    leaves = [jax.tree.leaves(runlog.load_checkpoint(tmp / run / name / "checkpoint.msgpack")) for run in ("one", "host0")]
+    assert len(leaves[0]) == len(leaves[1]), name
+    for index, (a, b) in enumerate(zip(*leaves)):
+        np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), err_msg=f"{name}: checkpoint leaf {index}",
+                                   **TOLERANCE)
+    # The tolerance could not hide a mix-up: seeds 0 and 1 differ by far more than it allows.
+    margins = []
+    for values in one["metrics"].values():
+        values = np.asarray(values, float)
+        if values.ndim and values.shape[0] == 4:
+            with np.errstate(invalid="ignore"):
+                gap = np.abs(values[0] - values[1]) / (TOLERANCE["atol"] + TOLERANCE["rtol"] * np.abs(values[1]))
+            margins.append(np.nanmax(gap, initial=0.0))
+    assert max(margins, default=0.0) > 10, f"{name}: seeds 0 and 1 are too close to tell apart at this tolerance"
+
+
+@pytest.mark.slow
+def test_host_0_writes_the_run_and_host_1_writes_nothing(results):
+    """Both hosts hold every file's state over all 4 devices (global arrays); host 0's progress.csv (float64 means
+    of the seeds' float32 values, gathered from both hosts as their callbacks arrive) is the 1-device run's up to
+    TOLERANCE; host 1 writes nothing, neither its run directories nor anything in its working directory."""
+    one, host0, host1, tmp = results
     for name in CHECKED:
-        assert host0[name]["devices"] == host1[name]["devices"] == [4], name  # global arrays over both hosts
+        assert host0[name]["devices"] == host1[name]["devices"] == [4], name
         assert host1[name]["wrote"] is False, name
-        assert host0[name]["checkpoint"] == single[name]["checkpoint"], f"{name}: checkpoint"
-        assert host0[name]["metrics"].keys() == single[name]["metrics"].keys(), name
-        for key, values in single[name]["metrics"].items():
-            np.testing.assert_array_equal(np.asarray(host0[name]["metrics"][key], float), np.asarray(values, float),
-                                          err_msg=f"{name}: {key}")
-        assert host0[name]["progress"].keys() == single[name]["progress"].keys(), name
-        for key, values in single[name]["progress"].items():
-            np.testing.assert_allclose(host0[name]["progress"][key], values, rtol=1e-12, equal_nan=True,
-                                       err_msg=f"{name}: progress {key}")
-    assert not (tmp_path / "host1").exists()
-    assert not any((tmp_path / "cwd1").iterdir()), list((tmp_path / "cwd1").iterdir())
+        assert host0[name]["progress"].keys() == one[name]["progress"].keys(), name
+        for key, values in one[name]["progress"].items():
+            np.testing.assert_allclose(host0[name]["progress"][key], values, equal_nan=True,
+                                       err_msg=f"{name}: progress {key}", **TOLERANCE)
+    assert not (tmp / "host1").exists()
+    assert not any((tmp / "cwd1").iterdir()), list((tmp / "cwd1").iterdir())
 
 
 RESUME_ON_4_DEVICES = """
