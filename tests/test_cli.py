@@ -45,13 +45,64 @@ def test_every_algorithm_file_is_there():
     assert set(ALGORITHMS) <= set(FILES), f"missing from algorithms/: {sorted(set(ALGORITHMS) - set(FILES))}"
 
 
+# Runs files as `python <file> <args>` would, several in one Python process (one JAX import for all): each file runs
+# as __main__ with its own directory first on sys.path and its own sys.argv, and the checkout's modules it imported
+# (runner, runlog, envs, algorithms) are forgotten before the next file, so each imports them afresh from where its
+# own sys.path points. What it prints and its exit status are what the shell would see: SystemExit's message on
+# stderr, an uncaught exception's traceback. One real `python algorithms/<copy>.py` per file runs in
+# test_copied_file_runs; test_a_file_imports_the_runner_runlog_and_envs_of_its_own_checkout is one too.
+AS_SCRIPTS = """
+import contextlib, io, json, os, runpy, sys, traceback
+
+project = ("runner", "runlog", "envs", "algorithms")
+path, results = list(sys.path), []
+for script, *args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv, sys.path[:] = [script, *args], [os.path.dirname(os.path.abspath(script)), *path[1:]]
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+            if exit.code is not None and not isinstance(exit.code, int):
+                print(exit.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    for module in [m for m in sys.modules if m.split(".")[0] in project]:
+        del sys.modules[module]
+    results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print("RESULTS" + json.dumps(results))
+"""
+
+
+def run_as_scripts(commands: list[list[str]], cwd: Path) -> list[dict]:
+    """[returncode, stdout, stderr] of each `python *command` run from `cwd`, all in one Python process."""
+    result = subprocess.run([sys.executable, "-c", AS_SCRIPTS, json.dumps(commands)], cwd=cwd, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "RESULTS" in result.stdout, result.stderr[-3000:]
+    return json.loads(result.stdout.split("RESULTS", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def from_the_shell(tmp_path_factory):
+    """Every file's `--help`, and every collection file run with a value the checks reject (into a run directory
+    that must not appear), as from the shell at the repository root."""
+    run_root = tmp_path_factory.mktemp("bad-input")
+    commands = {("help", name): [f"algorithms/{name}.py", "--help"] for name in FILES}
+    commands |= {("bad", name): [f"algorithms/{name}.py", "--gamma", "1.5", "--quiet", "--run-dir", str(run_root / name)]
+                 for name in ALGORITHMS}
+    results = dict(zip(commands, run_as_scripts(list(commands.values()), ROOT)))
+    return results, run_root
+
+
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.slow
-def test_help(name):
-    result = subprocess.run([sys.executable, f"algorithms/{name}.py", "--help"], cwd=ROOT, capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "--preset" in result.stdout and "--num-seeds" in result.stdout and "--total-timesteps" in result.stdout
+def test_help(name, from_the_shell):
+    result = from_the_shell[0]["help", name]
+    assert result["returncode"] == 0, result["stderr"][-2000:]
+    assert "--preset" in result["stdout"] and "--num-seeds" in result["stdout"] and "--total-timesteps" in result["stdout"]
 
 
 def checkout_copy(tmp_path: Path) -> Path:
@@ -125,35 +176,45 @@ def test_a_file_imports_the_runner_runlog_and_envs_of_its_own_checkout(tmp_path)
     assert all(f"{marker} of the second checkout" in result.stdout for marker in ("runner", "runlog", "envs"))
 
 
-@pytest.mark.parametrize("script", ["benchmark", "bench_robust_envs", "compare_brax_sac", "effective_horizon",
-                                    "evaluate"])
-@pytest.mark.slow
-def test_a_script_imports_the_runner_and_envs_of_its_own_checkout(script, tmp_path):
-    """The same for the scripts: scripts/X.py of a second checkout imports that checkout's runner.py and envs/."""
+SCRIPTS = ["benchmark", "bench_robust_envs", "compare_brax_sac", "effective_horizon", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def scripts_of_a_second_checkout(tmp_path_factory):
+    """Each script of a second checkout (its runner.py and envs/ marked) run with --help from outside it."""
+    tmp_path = tmp_path_factory.mktemp("second-checkout")
     checkout = checkout_copy(tmp_path)
     (checkout / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / f"{script}.py", checkout / "scripts")
+    for script in SCRIPTS:
+        shutil.copy(ROOT / "scripts" / f"{script}.py", checkout / "scripts")
     for name in ["__init__", *ALGORITHMS]:
         shutil.copy(ROOT / "algorithms" / f"{name}.py", checkout / "algorithms")
     for path in (checkout / "runner.py", checkout / "envs" / "__init__.py"):
         with open(path, "a") as f:
             f.write("\nprint('imported from the second checkout')\n")
-    result = subprocess.run([sys.executable, str(checkout / "scripts" / f"{script}.py"), "--help"], cwd=tmp_path,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "imported from the second checkout" in result.stdout
+    commands = [[str(checkout / "scripts" / f"{script}.py"), "--help"] for script in SCRIPTS]
+    return dict(zip(SCRIPTS, run_as_scripts(commands, tmp_path)))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.slow
+def test_a_script_imports_the_runner_and_envs_of_its_own_checkout(script, scripts_of_a_second_checkout):
+    """The same for the scripts: scripts/X.py of a second checkout imports that checkout's runner.py and envs/."""
+    result = scripts_of_a_second_checkout[script]
+    assert result["returncode"] == 0, result["stderr"][-2000:]
+    assert "imported from the second checkout" in result["stdout"]
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 @pytest.mark.slow
-def test_bad_input_is_one_line_on_the_command_line(name, tmp_path):
+def test_bad_input_is_one_line_on_the_command_line(name, from_the_shell):
     """From the shell, a value the checks reject is one line that says what to change, not a traceback, and
     nothing is written (tests/test_bad_input.py covers every kind of bad input in-process)."""
-    result = subprocess.run([sys.executable, f"algorithms/{name}.py", "--gamma", "1.5", "--quiet", "--run-dir",
-                             str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith("error: gamma must be in"), result.stderr[-500:]
-    assert not (tmp_path / "run").exists()
+    results, run_root = from_the_shell
+    result = results["bad", name]
+    assert result["returncode"] != 0 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    assert result["stderr"].strip().splitlines()[-1].startswith("error: gamma must be in"), result["stderr"][-500:]
+    assert not (run_root / name).exists()
 
 
 LOOP_MAIN = '''
