@@ -418,7 +418,9 @@ def test_nan_loss_is_reported_and_outputs_are_kept(tmp_path):
 @pytest.mark.slow
 @pytest.mark.optimised
 def test_cartpole_learns(tmp_path):
-    """The authors' CartPole settings, 2 seeds, 5e5 steps each: mean final greedy return >= 475 (a random policy
-    averages about 22). Measured on the 2-core CPU on 2026-12-07: 500, 500."""
-    summary = pqn.main(["--num-seeds", "2", "--quiet", "--run-dir", str(tmp_path / "learn")])
+    """The authors' CartPole settings at 2e5 of their 5e5 steps (ε and learning-rate schedules scale with the
+    budget), 2 seeds: mean final greedy return >= 475 (a random policy averages about 22). Measured on the 2-core
+    CPU on 2026-12-07: 500, 500, as at the full 5e5."""
+    summary = pqn.main(["--num-seeds", "2", "--total-timesteps", "200000", "--quiet",
+                        "--run-dir", str(tmp_path / "learn")])
     assert np.mean(summary["final_return"]) >= 475, summary["final_return"]

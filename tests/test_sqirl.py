@@ -346,10 +346,13 @@ def test_nan_loss_is_reported_and_outputs_are_kept(tmp_path):
 @pytest.mark.slow
 @pytest.mark.optimised
 def test_cartpole_learns(tmp_path):
-    """cartpole preset (CartPole-v1 capped at 200 steps, k = 2), 2 seeds: every final greedy return >= 180."""
-    summary = sqirl.main(["--preset", "cartpole", "--num-seeds", "2", "--quiet", "--run-dir", str(tmp_path / "cp")])
+    """cartpole preset (CartPole-v1 capped at 200 steps, k = 2) at 2e5 env steps of its 5e5, 2 seeds: every final
+    greedy return >= 180 (a random policy averages about 22). Measured on the 2-core CPU on 2026-12-08: 200, 200
+    (both seeds first solve it at 11k and 13k steps; at 1.2e5 steps 200, 196)."""
+    summary = sqirl.main(["--preset", "cartpole", "--total-timesteps", "200000", "--num-seeds", "2", "--quiet",
+                          "--run-dir", str(tmp_path / "cp")])
     assert min(summary["final_return"]) >= 180, summary["final_return"]
-    assert summary["env_steps"] <= 500_000 + 16 * 200
+    assert summary["env_steps"] <= 200_000 + 16 * 200  # the budget, overshot by at most one iteration's episodes
 
 
 # ----------------------------------------------------------------------------------------------------
