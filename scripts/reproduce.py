@@ -202,7 +202,8 @@ def qarl_robustness(scale: str) -> list[Run]:
         steps = _pick(scale, 1000, 50_000, None)
         base = ("--preset", "pendulum", "--total-timesteps", str(steps))
         if scale == "tiny":
-            base += ("--learning-starts", "200", "--grid-points", "3", "--grid-episodes", "1", "--num-evals", "1")
+            base += ("--learning-starts", "200", "--grid-points", "3", "--grid-episodes", "1", "--num-evals", "1",
+                     "--hidden-size", "16", "--num-layers", "1", "--batch-size", "32")
         variants = (("self-paced", ()), ("sac", ("--adversary", "off")))
     env = "brax/hopper" if scale in ("paper", "full") else "Pendulum-v1"
     labels = {"self-paced": "QARL (self-paced)", "linear": "QARL (linear)", "none": "α_adv = 0",

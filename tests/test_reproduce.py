@@ -1,5 +1,6 @@
 """scripts/reproduce.py and scripts/plot.py: the registry's commands, tiny runs of its figures, resume, IQM and
-bootstrap. Tiny runs are subprocesses of a few hundred steps; of the brax entries only sac-brax runs (brax
+bootstrap. Tiny runs of a few hundred steps (one figure's as reproduce.py's subprocesses, the others'
+in the test process); of the brax entries only sac-brax runs (brax
 compiles for 30-90 s on a 2-core CPU, marked slow), stream-ac-brax is checked through its resolved commands."""
 
 import importlib
@@ -134,10 +135,23 @@ def test_resume_does_not_retrain(cartpole_out, monkeypatch):
 
 
 # sac-brax and stream-ac-brax draw as the others do; their brax runs are compiled by the SAC and stream AC tests.
+def run_in_this_process(cmd, **kwargs):
+    """reproduce.train's `subprocess.run(cmd)` as a call of the file's main(args) in the test process, which skips
+    a Python start and a JAX import per run. The run's command is the same; test_tiny_figure_is_written runs
+    reproduce.py's own subprocesses."""
+    module = importlib.import_module(f"algorithms.{Path(cmd[1]).stem}")
+    try:
+        module.main(cmd[2:])
+    except SystemExit as error:
+        return SimpleNamespace(returncode=error.code or 0)
+    return SimpleNamespace(returncode=0)
+
+
 @pytest.mark.parametrize("name", ["pqn-minatar", "pqn-normalization", "stream-q-minatar", "sqirl-horizon",
                                   "qarl-robustness", "iwocs-worst-case"])
 @pytest.mark.slow
-def test_tiny_run_of_each_figure(name, tmp_path):
+def test_tiny_run_of_each_figure(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce.subprocess, "run", run_in_this_process)
     path = reproduce.reproduce(name, "tiny", out=tmp_path, log=lambda _: None)
     assert path.exists() and path.stat().st_size > 1000
     if name == "qarl-robustness":  # the table beside a QARL figure: one row per variant; SAC has no adversary
