@@ -150,6 +150,16 @@ def test_hopper_falls_and_terminates():
     assert not np.allclose(info["final_observation"], obs)
 
 
+def test_halfcheetah_does_not_terminate_and_truncates_at_its_limit():
+    """brax's halfcheetah never falls (its done is always 0): bent joints for its whole 5-step episode end it by
+    truncation only (stream AC's brax-halfcheetah-ac preset is brax-hopper-ac on this id, tests/test_stream_x.py)."""
+    env, params = envs.make("brax/halfcheetah", episode_length=5)
+    count, _, (obs, state, _, terminated, truncated, info) = run_until_done(
+        env, params, jax.random.PRNGKey(7), -jnp.ones(env.num_actions))
+    assert count == 5 and bool(truncated) and not bool(terminated) and int(state.time) == 0
+    assert obs.shape == info["final_observation"].shape == (env.observation_space(params).shape[0],)
+
+
 def test_bad_ids_and_arguments_raise():
     with pytest.raises(ValueError, match="brax/"):
         envs.make("brax/hoper")  # close ids are suggested

@@ -263,8 +263,10 @@ def test_time_feature_counts_to_the_horizon_of_a_horizon_id():
 
 
 # dmc-cheetah-ac trains in tests/test_dmc.py (on a cheaper DMC task; its CheetahRun env is tested there too);
-# brax-walker2d-ac is brax-hopper-ac on another brax id (checked below, without another brax compile).
-@pytest.mark.parametrize("preset", [p for p in stream_x.PRESETS if p not in ("dmc-cheetah-ac", "brax-walker2d-ac")])
+# brax-walker2d-ac and brax-halfcheetah-ac are brax-hopper-ac on other brax ids (checked below, without another brax
+# compile; halfcheetah's env steps in tests/test_brax_adapter.py).
+@pytest.mark.parametrize("preset", [p for p in stream_x.PRESETS
+                                    if p not in ("dmc-cheetah-ac", "brax-walker2d-ac", "brax-halfcheetah-ac")])
 @pytest.mark.slow
 def test_every_preset_runs(preset, tmp_path):
     returned = stream_x.main(["--preset", preset, *TINY, "--run-dir", str(tmp_path)])
@@ -276,11 +278,13 @@ def test_every_preset_runs(preset, tmp_path):
         assert len(summary["final_rms_error"]) == 1 and np.isfinite(summary["final_rms_error"][0])
 
 
-def test_walker2d_preset_is_the_hopper_preset_on_walker2d():
-    walker, hopper = (runner.parse_config(stream_x.Config, stream_x.PRESETS, ["--preset", name])
-                      for name in ("brax-walker2d-ac", "brax-hopper-ac"))
-    assert dataclasses.replace(walker, preset=hopper.preset, env_id=hopper.env_id) == hopper
-    assert walker.env_id == "brax/walker2d" and stream_x.make_env(walker)[2] == stream_x.ActionSpec(False, 6)
+@pytest.mark.parametrize("preset,env_id,actions", [("brax-walker2d-ac", "brax/walker2d", 6),
+                                                     ("brax-halfcheetah-ac", "brax/halfcheetah", 6)])
+def test_walker2d_and_halfcheetah_presets_are_the_hopper_preset_on_their_ids(preset, env_id, actions):
+    other, hopper = (runner.parse_config(stream_x.Config, stream_x.PRESETS, ["--preset", name])
+                     for name in (preset, "brax-hopper-ac"))
+    assert dataclasses.replace(other, preset=hopper.preset, env_id=hopper.env_id) == hopper
+    assert other.env_id == env_id and stream_x.make_env(other)[2] == stream_x.ActionSpec(False, actions)
 
 
 def test_determinism_and_seed_independence():
