@@ -92,7 +92,6 @@ def lock_run(tmp_path, env_id, num_heads, num_seeds=4):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env_id,num_heads", [("CombinationLock-H4", 4), ("CombinationLock-H3", 5)])
-@pytest.mark.optimised
 def test_k_at_least_the_effective_horizon_opens_the_lock(tmp_path, env_id, num_heads):
     env, params = envs.make(env_id)
     summary = lock_run(tmp_path, env_id, num_heads)
@@ -111,8 +110,9 @@ def test_k_below_the_effective_horizon_walks_away(tmp_path, env_id, num_heads):
     assert summary["steps_to_solve"] == [None] * 4  # no evaluation ever reached the optimum
 
 
+# The lock runs are short: with the suite's level-0 compiles they take 23 s together against 38 s optimised (measured
+# side by side on 2026-12-08), with the same exact outcomes.
 @pytest.mark.slow
-@pytest.mark.optimised
 def test_k_one_below_the_lock_fails_where_k_equal_opens(tmp_path):
     """The hardest failing case, k = n - 1, against k = n on the same lock and seeds. With k = n - 1 the
     first digit's Q_k is -step_cost against 0 for walking away: a margin of 0.1, not of the goal."""
