@@ -34,10 +34,10 @@ import evaluate  # noqa: E402
 # tests/test_iwocs.py, with the robustness grid); stream-x's final_return is a training return.
 EVALUATED = ["pqn", "sac", "sqirl"]
 # Flags of each module-wide run: a learned policy for the evaluated three (measured on the 2-core CPU: PQN 500,
-# SAC -131, SQIRL 0.9, the lock's optimum), and for each the return it must reach, far above a trivial policy's.
+# SAC -123 at the suite's level-0 compiles (-314 at 4000 steps, -961 at 3000), SQIRL 0.9, the lock's optimum), and for each the return it must reach, far above a trivial policy's.
 LEARNED = {
     "pqn": ["--total-timesteps", "100000", "--num-evals", "1"],  # CartPole: random about 22, one action held 9-10
-    "sac": ["--total-timesteps", "6000", "--num-evals", "1"],  # Pendulum: zero torque about -1200 (test_qarl)
+    "sac": ["--total-timesteps", "5000", "--num-evals", "1"],  # Pendulum: zero torque about -1200 (test_qarl)
     "sqirl": ["--env-id", "CombinationLock-H2", "--horizon", "2", "--num-heads", "2", "--total-timesteps", "4096"],
     # lock H2: walking away 0, a random policy 0.9 / 9 = 0.1 on average, the right code 0.9
 }
