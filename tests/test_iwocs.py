@@ -403,14 +403,14 @@ def test_sweep_runs_each_value_as_its_own_run(whole_run, sweep_run):
 # Learning
 
 
-LEARNING = ["--num-seeds", "3", "--total-timesteps", "24000", "--updates-per-env-step", "1.0", "--hidden-size", "64",
+LEARNING = ["--num-seeds", "2", "--total-timesteps", "24000", "--updates-per-env-step", "1.0", "--hidden-size", "64",
             "--batch-size", "128", "--no-baselines", "--quiet"]
 
 
 @pytest.mark.slow
 @pytest.mark.optimised
 def test_iwocs_worst_case_beats_nominal_and_matches_dr_on_pendulum(tmp_path):
-    """24k env steps per seed, 3 seeds, 10x10 grid, without the DR and nominal SAC baselines: at this budget every
+    """24k env steps per seed, 2 seeds, 10x10 grid, without the DR and nominal SAC baselines: at this budget every
     method's worst case sat at the grid's floor (IWOCS -1099.9, DR SAC -1099.8, nominal SAC -1099.3 on
     2026-12-03), so comparing them tested nothing; the bars are the bank's use and the grid average below."""
     iwocs.main(LEARNING + ["--run-dir", str(tmp_path)])
@@ -423,10 +423,10 @@ def test_iwocs_worst_case_beats_nominal_and_matches_dr_on_pendulum(tmp_path):
     records = json.loads((tmp_path / "iterations.json").read_text())
     rates = np.array([record["fallback_rate"] for record in records[1:]])
     print("fallback rate per iteration and seed", rates.round(3).tolist())
-    assert rates.mean() < 0.75, rates  # measured 0.36 (0.0-0.81 per seed and iteration); never valid: 1.0
+    assert rates.mean() < 0.75, rates  # measured 0.23 (0.0-0.83 per seed and iteration); never valid: 1.0
     # Absolute floor: zero torque on the same grid (10 x 10 models, 30 episodes each) averages about -1254 (worst
-    # -1526). IWOCS's grid average (docs/iwocs.md's learning check: -614 +- 276 over 4 seeds; -506 with these 3
-    # seeds on 2026-12-03) must beat it by 300. Its worst case (there -1344 +- 410; -1006 with these 3 seeds) does
+    # -1526). IWOCS's grid average (docs/iwocs.md's learning check: -614 +- 276 over 4 seeds; -560 with these 2
+    # seeds on 2026-12-08) must beat it by 300. Its worst case (there -1344 +- 410; -951 with these 2 seeds) does
     # not beat zero torque's reliably at this budget, so the floor is on the average.
     config = json.loads((tmp_path / "config.json").read_text())
     env, env_params = envs.make(config["env_id"])
