@@ -142,11 +142,17 @@ def save_checkpoint(path: Path, tree: Any) -> None:
 
 
 def load_checkpoint(path: Path, target: Any = None) -> Any:
-    """Load a checkpoint; with `target` (a pytree of the same structure) restore its exact types."""
-    data = Path(path).read_bytes()
-    if target is None:
-        return serialization.msgpack_restore(data)
-    return serialization.from_bytes(target, data)
+    """Load a checkpoint; with `target` (a pytree of the same structure) restore its exact types. A file that is
+    not a whole checkpoint (cut short, overwritten) is one line that names it and says how to write it again."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return serialization.msgpack_restore(data) if target is None else serialization.from_bytes(target, data)
+    except (ValueError, TypeError, KeyError) as error:  # msgpack's errors are ValueErrors
+        again = (f"`python algorithms/<file>.py --resume {path.parent}` writes it again from the run's last saved "
+                 f"state (resume.npz)" if (path.parent / "resume.npz").exists() else "train the run again")
+        raise SystemExit(f"error: {path} is damaged ({type(error).__name__}: {error}); nothing was changed. "
+                         f"{again[0].upper()}{again[1:]}.") from None
 
 # ----------------------------------------------------------------------------------------------------
 # METRICS, SUMMARY, CURVE

@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -127,10 +128,25 @@ def file_name(config_cls) -> str:
     return Path(getattr(module, "__file__", None) or config_cls.__module__).stem
 
 
+def read_config_json(directory) -> dict:
+    """DIRECTORY/config.json as a dict; a file that is not the JSON object a run writes (cut short, edited,
+    overwritten) is one line that names it, before anything is written."""
+    path = Path(directory) / "config.json"
+    try:
+        recorded = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SystemExit(f"error: {path} is damaged ({error}); nothing was changed. Restore it from a copy (it "
+                         f"holds the run's whole config), or start a new run.") from None
+    if not isinstance(recorded, dict):
+        raise SystemExit(f"error: {path} is damaged (not a JSON object); nothing was changed. Restore it from a "
+                         f"copy (it holds the run's whole config), or start a new run.")
+    return recorded
+
+
 def check_resumable(config_cls, run_dir) -> None:
     """Refuse, before anything is written, to resume a run that another algorithm file made (by name) or whose
     recorded config has other fields than this file's Config: continuing it here would train another rule."""
-    recorded = json.loads((Path(run_dir) / "config.json").read_text())
+    recorded = read_config_json(run_dir)
     name, made_by = file_name(config_cls), recorded.get("algorithm")
     if made_by != name:
         raise SystemExit(f"--resume {run_dir}: that run was made by {made_by}.py, not by this file ({name}.py); "
@@ -148,7 +164,7 @@ def check_resumable(config_cls, run_dir) -> None:
 def recorded_config(config_cls, directory, **changes):
     """The config that directory/config.json recorded (fields config_cls does not have are dropped; JSON lists
     become tuples where the field's default is one), with `changes` set (those config_cls has)."""
-    recorded = json.loads((Path(directory) / "config.json").read_text())
+    recorded = read_config_json(directory)
     fields = {field.name: field for field in dataclasses.fields(config_cls)}
     values = {}
     for name, value in {**recorded, **changes}.items():
@@ -630,6 +646,14 @@ def _load_state(path: Path, carry_shape: Any, metrics_shape: Any, num_updates: i
                          f"one after each of its --num-checkpoints chunks; 1 means only at the end).")
     carry_names, shapes = _named(carry_shape)
     metric_names, metric_shapes = _named(metrics_shape)
+    try:
+        return _read_state(path, carry_shape, metrics_shape, carry_names, shapes, metric_names, num_updates, length)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:  # (SystemExit passes through)
+        raise SystemExit(f"--resume: {path} is damaged ({type(error).__name__}: {error}); nothing was changed. The "
+                         f"run cannot continue from it: start it again without --resume, into a new run directory.") from None
+
+
+def _read_state(path, carry_shape, metrics_shape, carry_names, shapes, metric_names, num_updates, length):
     with np.load(path) as data:
         done, train_seconds = int(data["updates_done"]), float(data["train_seconds"])
         saved = {kind: ([str(n) for n in data[f"{kind}_names"]] if f"{kind}_names" in data else None)

@@ -66,7 +66,7 @@ def load_run(run_dir: Path, algorithm_file: str | None = None):
     if not (run_dir / "checkpoint.msgpack").exists():
         raise SystemExit(f"error: {run_dir} has no checkpoint.msgpack: the run has not finished. Continue it with "
                          f"`python algorithms/<file>.py --resume {run_dir}`, then evaluate it.")
-    recorded = json.loads((run_dir / "config.json").read_text())
+    recorded = runner.read_config_json(run_dir)
     name = recorded.get("algorithm")
     path = Path(algorithm_file) if algorithm_file else REPO / "algorithms" / f"{name}.py"
     if not path.exists():

@@ -152,3 +152,23 @@ def test_bad_input_is_one_line(case, trained, tmp_path):
         evaluate.main([*args, "--out", str(tmp_path / "out")])
     text = str(error.value)
     assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+def test_a_damaged_checkpoint_is_one_line_and_resume_writes_it_again(tmp_path):
+    """evaluate.py on a run whose checkpoint.msgpack is cut short: one line naming it and the fix (no msgpack
+    traceback), nothing changed; the fix (--resume of the finished run, from its last saved state) writes the
+    same checkpoint again, byte for byte."""
+    stream_x = import_module("algorithms.stream_x")
+    run_dir = tmp_path / "run"
+    stream_x.main([*TINY["stream_x"], "--num-checkpoints", "3", "--quiet", "--run-dir", str(run_dir)])
+    checkpoint = run_dir / "checkpoint.msgpack"
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[:len(whole) // 2])
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as error:
+        evaluate.main([str(run_dir), "--episodes", "1", "--out", str(tmp_path / "eval")])
+    message = str(error.value)
+    assert "\n" not in message and f"{checkpoint} is damaged" in message and f"--resume {run_dir}" in message
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    stream_x.main(["--resume", str(run_dir), "--quiet"])
+    assert checkpoint.read_bytes() == whole

@@ -230,6 +230,31 @@ def load_copy(tmp_path, monkeypatch, name, edit=lambda source: source):
     return module
 
 
+DAMAGES = {  # file -> what is done to it: what a full disk, a killed copy or an editor leaves
+    "resume.npz cut short": ("resume.npz", lambda data: data[:len(data) // 2]),
+    "resume.npz overwritten": ("resume.npz", lambda data: b"not a zip archive"),
+    "config.json cut short": ("config.json", lambda data: data[:len(data) // 2]),
+    "config.json not an object": ("config.json", lambda data: b"[]"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_file_of_a_cut_run_is_one_line_and_changes_nothing(damage, tmp_path, monkeypatch):
+    """--resume of a run whose resume.npz or config.json is damaged: one line naming the file and what to do
+    (no zipfile or json traceback), and every file of the run as it was."""
+    stream_x = import_module("algorithms.stream_x")
+    run_dir = tmp_path / "run"
+    cut_run(stream_x, [*TINY["stream_x"], "--num-checkpoints", "3", "--quiet"], run_dir, monkeypatch)
+    name, change = DAMAGES[damage]
+    (run_dir / name).write_bytes(change((run_dir / name).read_bytes()))
+    before = directory_bytes(run_dir)
+    with pytest.raises(SystemExit) as error:
+        stream_x.main(["--resume", str(run_dir), "--quiet"])
+    message = str(error.value)
+    assert "\n" not in message and f"{run_dir / name} is damaged" in message and "nothing was changed" in message
+    assert directory_bytes(run_dir) == before
+
+
 @pytest.mark.slow
 def test_resuming_another_files_run_is_refused_and_changes_nothing(tmp_path, monkeypatch):
     """A copy of stream_x with a field of its own, cut after one chunk: `stream_x.py --resume` of its run is
