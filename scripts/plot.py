@@ -62,10 +62,21 @@ def read_metrics(run_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
         return table[:, 0], table[:, 1:].T
     steps, values = None, []
     for path in paths:
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
-        steps = np.array([float(r["env_steps"]) for r in rows])
-        values.append([float(r[key]) if r.get(key, "") not in ("", "nan") else np.nan for r in rows])
+        try:
+            text = path.read_text()
+            rows = list(csv.DictReader(text.splitlines()))
+            if not text.endswith("\n") or any(None in row or None in row.values() for row in rows):
+                raise ValueError("cut short: its last row is not whole")
+            seed_steps = np.array([float(r["env_steps"]) for r in rows])
+            values.append([float(r[key]) if r.get(key, "") not in ("", "nan") else np.nan for r in rows])
+            if steps is not None and not np.array_equal(seed_steps, steps):
+                raise ValueError(f"its rows are not those of {paths[0].name}")
+        except (TypeError, ValueError, KeyError, UnicodeDecodeError) as error:  # a row cut short, a column missing
+            again = (f"`python algorithms/<file>.py --resume {path.parent}` writes it again from the run's last "
+                     f"saved state" if (path.parent / "resume.npz").exists() else "train the run again")
+            raise SystemExit(f"error: {path} is damaged ({type(error).__name__}: {error}); nothing was changed. "
+                             f"{again[0].upper()}{again[1:]}.") from None
+        steps = seed_steps
     return steps, np.array(values)
 
 

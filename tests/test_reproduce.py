@@ -273,3 +273,24 @@ def test_sample_complexity_figure_and_table(tmp_path):
     plot.plot_figure(figure, "tiny", 3, runs, out / "sqirl-bridge.png")
     assert path.with_suffix(".md").read_text().strip().splitlines() == rows
     assert path.with_suffix(".csv").read_text().strip().splitlines() == table
+
+
+@pytest.mark.parametrize("damage", ["cut mid-row", "a seed's rows cut"])
+def test_a_damaged_metrics_file_is_one_line_and_resume_writes_it_again(damage, tmp_path):
+    """plot.py on a run whose metrics_seed<i>.csv is damaged: one line naming it and the fix (no KeyError or
+    ValueError traceback); the fix (--resume of the finished run) writes the same file again, byte for byte."""
+    stream_x = importlib.import_module("algorithms.stream_x")
+    run_dir = tmp_path / "run"
+    stream_x.main(["--total-timesteps", "600", "--num-log-rows", "3", "--num-seeds", "2", "--num-checkpoints", "3",
+                   "--quiet", "--run-dir", str(run_dir)])
+    path = run_dir / "metrics_seed1.csv"
+    whole = path.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    path.write_bytes(whole[:len(whole) - len(lines[-1]) // 2] if damage == "cut mid-row" else b"".join(lines[:-1]))
+    with pytest.raises(SystemExit) as error:
+        plot.read_metrics(run_dir, "episode_return")
+    message = str(error.value)
+    assert "\n" not in message and f"{path} is damaged" in message and f"--resume {run_dir}" in message
+    stream_x.main(["--resume", str(run_dir), "--quiet"])
+    assert path.read_bytes() == whole
+
