@@ -292,6 +292,13 @@ def record(policy: runner.Policy, key, num_steps: int):
     return run(key)
 
 
+def drawer_for(policy: runner.Policy, path: Path):
+    """The frame drawer of --render PATH, or SystemExit when PATH is not a GIF or the env cannot be drawn."""
+    if path.suffix.lower() != ".gif":
+        raise SystemExit(f"error: --render writes an animated GIF: give a path ending in .gif (got {path}).")
+    return frame_drawer(policy.env, policy.env_params)
+
+
 def render(policy: runner.Policy, key, path: Path, title: str, num_frames: int, size: int, fps: int) -> int:
     """num_frames steps of the policy (several episodes if they are short) as an animated GIF at `path`."""
     import matplotlib
@@ -300,9 +307,7 @@ def render(policy: runner.Policy, key, path: Path, title: str, num_frames: int, 
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    if path.suffix.lower() != ".gif":
-        raise SystemExit(f"error: --render writes an animated GIF: give a path ending in .gif (got {path}).")
-    draw = frame_drawer(policy.env, policy.env_params)
+    draw = drawer_for(policy, path)
     states, episodes, returns = jax.device_get(record(policy, key, num_frames))
     _, raw_states = innermost(policy.env, states)
     frames = []
@@ -384,6 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
                              f"the policy was trained on {config.env_id} with {trained[0]} and {trained[1]}: pick an "
                              f"env with the same spaces.")
 
+    if args.render:  # refused before anything is evaluated
+        drawer_for(policy_of(seeds[0]), Path(args.render))
     algorithm, env_id = summary.get("algorithm", module.__name__), eval_config.env_id
     out = Path(args.out) if args.out else run_dir / "eval"
     report = {"run_dir": str(run_dir), "algorithm": algorithm, "env_id": env_id, "seeds": seeds, "changes": changes}

@@ -172,3 +172,15 @@ def test_a_damaged_checkpoint_is_one_line_and_resume_writes_it_again(tmp_path):
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
     stream_x.main(["--resume", str(run_dir), "--quiet"])
     assert checkpoint.read_bytes() == whole
+
+
+def test_render_of_an_env_it_cannot_draw_is_refused_before_evaluating(tmp_path, monkeypatch):
+    """--render on a task no drawer knows (bsuite's Catch) is one line before any episode runs."""
+    stream_x = import_module("algorithms.stream_x")
+    run_dir = tmp_path / "run"
+    stream_x.main([*TINY["stream_x"], "--env-id", "Catch-bsuite", "--quiet", "--run-dir", str(run_dir)])
+    monkeypatch.setattr(evaluate, "make_episodes", lambda *a: pytest.fail("evaluated before refusing"))
+    with pytest.raises(SystemExit, match="none of them. Evaluate it without --render"):
+        evaluate.main([str(run_dir), "--episodes", "2", "--render", str(tmp_path / "walk.gif"),
+                       "--out", str(tmp_path / "out")])
+
